@@ -1,0 +1,429 @@
+"""Typed run configuration: frozen dataclasses, YAML presets and `key.sub=value` overrides.
+
+A run is fully described by its resolved `Config`, which is saved next to its checkpoints.
+Every check that can be made without devices is made here, at load time, with a message that
+says which key to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from llm_jax.errors import UserError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(UserError, ValueError):
+    """A user's configuration mistake; the message says what to change."""
+
+
+def _check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not supported; choose one of {list(choices)}")
+
+
+def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}={value!r} must be {bound}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScalingConfig:
+    """Llama 3.1 `rope_scaling` of type `llama3`; factor 0 disables it."""
+
+    factor: float = 0.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self) -> None:
+        _check_positive("model.rope_scaling.factor", self.factor, allow_zero=True)
+        if self.factor and self.high_freq_factor <= self.low_freq_factor:
+            raise ConfigError(
+                "model.rope_scaling.high_freq_factor must be greater than low_freq_factor"
+            )
+
+
+ATTENTION_IMPLS = ("xla", "dot_product", "cudnn", "splash")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and ablation switches of the decoder; defaults are the `tiny` CPU model."""
+
+    vocab_size: int = 4096
+    d_model: int = 256
+    num_layers: int = 4
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    head_dim: int = 0  # 0 means d_model // num_heads
+    mlp_dim: int = 704
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScalingConfig = RopeScalingConfig()
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    norm: str = "rmsnorm"  # rmsnorm | layernorm
+    mlp: str = "swiglu"  # swiglu | gelu | relu2
+    position: str = "rope"  # rope | learned | none
+    qk_norm: bool = False
+    attention: str = "xla"  # xla | dot_product | cudnn | splash
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16
+    param_dtype: str = "float32"
+    remat: str = "none"  # none | full | dots | dots_no_batch
+    scan_layers: bool = True
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
+                    "mlp_dim", "max_seq_len"):
+            _check_positive(f"model.{key}", getattr(self, key))
+        _check_positive("model.rope_theta", self.rope_theta)
+        _check_positive("model.norm_eps", self.norm_eps)
+        _check_choice("model.norm", self.norm, ("rmsnorm", "layernorm"))
+        _check_choice("model.mlp", self.mlp, ("swiglu", "gelu", "relu2"))
+        _check_choice("model.position", self.position, ("rope", "learned", "none"))
+        _check_choice("model.attention", self.attention, ATTENTION_IMPLS)
+        _check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        _check_choice("model.param_dtype", self.param_dtype, ("float32", "bfloat16"))
+        _check_choice("model.remat", self.remat, REMAT_POLICIES)
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"model.num_heads={self.num_heads} must be a multiple of "
+                f"model.num_kv_heads={self.num_kv_heads} (grouped-query attention)"
+            )
+        if not self.head_dim and self.d_model % self.num_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.num_heads="
+                f"{self.num_heads}; change one of them or set model.head_dim"
+            )
+        if self.position == "rope" and self.resolved_head_dim % 2:
+            raise ConfigError(f"RoPE needs an even head dimension, got {self.resolved_head_dim}")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh sizes per axis; -1 takes the devices that the other axes leave."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    pipe: int = 1
+    # Factors of the axes above that run across slices or hosts over the data-center network.
+    dcn_data: int = 1
+    dcn_fsdp: int = 1
+    dcn_tensor: int = 1
+    dcn_pipe: int = 1
+
+    def __post_init__(self) -> None:
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor, "pipe": self.pipe}
+        if sum(v == -1 for v in sizes.values()) > 1:
+            raise ConfigError("at most one of mesh.data/fsdp/tensor/pipe may be -1")
+        for key, value in sizes.items():
+            if value == 0 or value < -1:
+                raise ConfigError(f"mesh.{key}={value} must be a positive size or -1")
+        for key in ("dcn_data", "dcn_fsdp", "dcn_tensor", "dcn_pipe"):
+            _check_positive(f"mesh.{key}", getattr(self, key))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where training text comes from and how it becomes fixed-length rows."""
+
+    source: str = "stdlib"  # a path or glob, jsonl:PATH, tfds:NAME, or stdlib
+    text_field: str = "text"
+    seq_len: int = 256
+    packing: str = "pack"  # pack (segment ids, no cross-document attention) | concat
+    shuffle: bool = True
+    eval_fraction: float = 0.01
+    worker_count: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive("data.seq_len", self.seq_len)
+        _check_choice("data.packing", self.packing, ("pack", "concat"))
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"data.eval_fraction={self.eval_fraction} must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    """SentencePiece BPE tokenizer: where it lives and how it is trained."""
+
+    path: str = ""
+    vocab_size: int = 4096
+    character_coverage: float = 0.9995
+    max_sentences: int = 2_000_000
+
+    def __post_init__(self) -> None:
+        _check_positive("tokenizer.vocab_size", self.vocab_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with warmup then cosine (or warmup-stable-decay) learning rate."""
+
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    schedule: str = "cosine"  # cosine | wsd | constant
+    decay_fraction: float = 0.2  # wsd: share of steps spent decaying
+    weight_decay: float = 0.1
+    decay_norms: bool = False
+    decay_embeddings: bool = False
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_positive("optimizer.lr", self.lr)
+        _check_positive("optimizer.warmup_steps", self.warmup_steps, allow_zero=True)
+        _check_choice("optimizer.schedule", self.schedule, ("cosine", "wsd", "constant"))
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optimizer.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        for key in ("b1", "b2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"optimizer.{key}={getattr(self, key)} must be in [0, 1)")
+        _check_positive("optimizer.clip_norm", self.clip_norm, allow_zero=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Length, batch and objective of a run."""
+
+    steps: int = 1000
+    batch_size: int = 16  # global, in sequences
+    microbatches: int = 1  # gradient accumulation steps (pipeline microbatches when mesh.pipe > 1)
+    objective: str = "lm"  # lm | sft | dpo | reward | ppo
+    z_loss: float = 0.0
+    log_every: int = 10
+    max_bad_steps: int = 5
+    init_from: str = ""  # checkpoint directory to start from (fine-tuning)
+    profile_steps: str = ""  # "start:stop" to write a jax.profiler trace
+
+    def __post_init__(self) -> None:
+        _check_positive("train.steps", self.steps)
+        _check_positive("train.batch_size", self.batch_size)
+        _check_positive("train.microbatches", self.microbatches)
+        _check_choice("train.objective", self.objective, ("lm", "sft", "dpo", "reward", "ppo"))
+        if self.batch_size % self.microbatches:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is not divisible by "
+                f"train.microbatches={self.microbatches}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 200
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    every: int = 200
+    steps: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The resolved description of one run."""
+
+    run_dir: str = "runs/default"
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    mesh: MeshConfig = MeshConfig()
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def __post_init__(self) -> None:
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="
+                f"{self.model.max_seq_len}; lower data.seq_len or raise model.max_seq_len"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building configs from dictionaries, YAML files and command-line overrides.
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key that a config accepts, e.g. `model.rope_scaling.factor`."""
+    keys = []
+    for name, hint in _field_types(cls).items():
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint):
+            keys.extend(all_keys(hint, f"{key}."))
+        else:
+            keys.append(key)
+    return keys
+
+
+def _unknown_key_error(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Checks a leaf value against its annotated type, converting where it is lossless."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}={value!r} does not match type {hint}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "1", "0"):
+            return value.lower() in ("true", "on", "1")
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key}={value!r} must be a number") from None
+        return float(value)
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return "" if value is None else str(value)
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}={value!r} must be null")
+    return value
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = _field_types(cls)
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            raise _unknown_key_error(key)
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"'{key}' is a section; give it sub-keys such as {key}.<name>")
+            kwargs[name] = _build(hint, value, f"{key}.")
+        else:
+            kwargs[name] = _coerce(key, value, hint)
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turns `["model.d_model=512", "train.steps=10"]` into a nested dictionary."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with an earlier one")
+        node[parts[-1]] = value
+    return nested
+
+
+def preset_path(name_or_path: str) -> Path:
+    """A preset name from `configs/` (e.g. `tiny`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    candidate = PRESET_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"no preset named '{name_or_path}'; presets: {', '.join(names)}")
+    return candidate
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections")
+    base = values.pop("base", None)
+    if base:
+        values = _deep_merge(load_yaml(preset_path(base)), values)
+    return values
+
+
+def from_dict(values: Mapping[str, Any]) -> Config:
+    return _build(Config, values)
+
+
+def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the preset or YAML file (which may name a `base`), then overrides."""
+    values: dict[str, Any] = {}
+    if name_or_path:
+        values = load_yaml(preset_path(name_or_path))
+    values = _deep_merge(values, parse_overrides(overrides))
+    return from_dict(values)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(config.to_yaml())

@@ -1,0 +1,35 @@
+"""Package metadata. `pip install -e .[dev]` installs everything the tests need."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="llm_jax",
+    version="0.1.0",
+    description="Build a Llama-family language model from scratch in JAX/Flax, raw text to aligned model",
+    python_requires=">=3.10",
+    packages=find_packages(include=["llm_jax", "llm_jax.*"]),
+    include_package_data=True,
+    install_requires=[
+        "jax==0.10.2",
+        "jaxlib==0.10.2",
+        "flax==0.12.8",
+        "optax==0.2.8",
+        "orbax-checkpoint==0.12.8",
+        "grain==0.2.18",
+        "sentencepiece==0.2.3",
+        "tensorflow-datasets==4.9.10",
+        "array-record==0.8.6",
+        "numpy>=2.0,<2.5",
+        "pyyaml==6.0.3",
+        "tqdm==4.70.1",
+        "safetensors==0.8.0",
+        "tensorboardX==2.6.5",
+        "matplotlib==3.11.2",
+    ],
+    extras_require={
+        # torch is pinned: an unpinned torch pulls several GB of CUDA packages on a CPU machine.
+        "hf": ["torch==2.13.0", "transformers==5.23.0"],
+        "dev": ["pytest==9.2.0", "torch==2.13.0", "transformers==5.23.0"],
+    },
+    entry_points={"console_scripts": ["llm-jax=llm_jax.cli:main"]},
+)
