@@ -81,7 +81,6 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots | dots_no_batch
-    scan_layers: bool = True
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -151,12 +150,20 @@ class DataConfig:
     shuffle: bool = True
     eval_fraction: float = 0.01
     worker_count: int = 0
+    max_doc_chars: int = 20000  # text files are split at blank lines into documents up to this size
+    tfds_split: str = "train"  # split read from a tfds:NAME source
+    tfds_data_dir: str = ""  # TFDS data_dir; empty means TFDS's default
+    curated_dir: str = ""  # curated corpus; empty means <run_dir>/curated
+    pretokenized: bool = False  # read token ids written by `llm-jax tokenizer --pretokenize`
+    tokens_dir: str = ""  # pre-tokenized shards; empty means <run_dir>/tokens
 
     def __post_init__(self) -> None:
         _check_positive("data.seq_len", self.seq_len)
         _check_choice("data.packing", self.packing, ("pack", "concat"))
         if not 0 <= self.eval_fraction < 1:
             raise ConfigError(f"data.eval_fraction={self.eval_fraction} must be in [0, 1)")
+        _check_positive("data.max_doc_chars", self.max_doc_chars, allow_zero=True)
+        _check_positive("data.worker_count", self.worker_count, allow_zero=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,10 +173,61 @@ class TokenizerConfig:
     path: str = ""
     vocab_size: int = 4096
     character_coverage: float = 0.9995
-    max_sentences: int = 2_000_000
+    max_sentences: int = 2_000_000  # SentencePiece input_sentence_size: lines sampled for training
+    max_sentence_bytes: int = 4192  # longer lines are cut to this many bytes before training
 
     def __post_init__(self) -> None:
         _check_positive("tokenizer.vocab_size", self.vocab_size)
+        _check_positive("tokenizer.max_sentences", self.max_sentences)
+        _check_positive("tokenizer.max_sentence_bytes", self.max_sentence_bytes)
+        if not 0 < self.character_coverage <= 1:
+            raise ConfigError(
+                f"tokenizer.character_coverage={self.character_coverage} must be in (0, 1]"
+            )
+
+
+CURATE_FILTERS = ("gopher_repetition", "gopher_quality", "c4", "fineweb", "toxicity")
+CURATE_FORMATTERS = ("pii",)
+
+
+@dataclasses.dataclass(frozen=True)
+class CurateConfig:
+    """`llm-jax curate`: which published filters run on which kind of document, and dedup settings.
+
+    Step lists are comma-separated names from CURATE_FILTERS + CURATE_FORMATTERS; they always run in
+    that canonical order (filters, then exact and MinHash dedup over all documents, then PII).
+    """
+
+    prose_steps: str = "gopher_repetition,gopher_quality,c4,fineweb,toxicity,pii"
+    code_steps: str = "pii"  # code skips the prose heuristics, which would reject most of it
+    exact_dedup: bool = True
+    minhash: bool = True
+    minhash_ngrams: int = 5  # word n-gram shingles
+    minhash_buckets: int = 14
+    minhash_hashes_per_bucket: int = 8
+    toxicity_threshold: float = 0.9  # a paragraph is toxic when the classifier's probability >= this
+    toxicity_max_fraction: float = 0.05  # drop documents whose toxic paragraphs exceed this share of text
+    max_documents: int = 0  # 0 reads the whole source; otherwise about this many documents
+    tasks: int = 4  # shards of the corpus; each is one resumable task and one output file
+    workers: int = 0  # processes; 0 means min(tasks, CPU count)
+    rejected_samples: int = 20  # rejected documents kept per step for a person to inspect
+
+    def __post_init__(self) -> None:
+        for key in ("prose_steps", "code_steps"):
+            for name in self.step_names(key.split("_")[0]):
+                _check_choice(f"curate.{key} entry", name, CURATE_FILTERS + CURATE_FORMATTERS)
+        for key in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "tasks"):
+            _check_positive(f"curate.{key}", getattr(self, key))
+        for key in ("max_documents", "workers", "rejected_samples"):
+            _check_positive(f"curate.{key}", getattr(self, key), allow_zero=True)
+        for key in ("toxicity_threshold", "toxicity_max_fraction"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"curate.{key}={getattr(self, key)} must be in [0, 1]")
+
+    def step_names(self, kind: str) -> list[str]:
+        """The steps for documents of `kind` ("prose" or "code"), as listed in the config."""
+        raw = self.prose_steps if kind == "prose" else self.code_steps
+        return [name.strip() for name in raw.split(",") if name.strip()]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +308,7 @@ class Config:
     mesh: MeshConfig = MeshConfig()
     data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
+    curate: CurateConfig = CurateConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
@@ -341,6 +400,9 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     for name, value in values.items():
         key = f"{prefix}{name}"
         if name not in hints:
+            while isinstance(value, Mapping) and value:
+                sub, value = next(iter(value.items()))
+                key = f"{key}.{sub}"
             raise _unknown_key_error(key)
         hint = hints[name]
         if dataclasses.is_dataclass(hint):

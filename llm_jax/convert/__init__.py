@@ -1,0 +1,1 @@
+"""Hugging Face Llama interop: config and weight mapping, import and export."""

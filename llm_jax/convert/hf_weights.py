@@ -1,0 +1,113 @@
+"""Tensor-by-tensor mapping between Hugging Face Llama weights and our parameter pytree.
+
+Hugging Face stores `nn.Linear` weights as [out, in]; we store einsum kernels as
+[in, ...out] (q: [d_model, heads, head_dim]) with a leading `layers` axis from `nn.scan`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from llm_jax.config import ModelConfig
+from llm_jax.errors import UserError
+
+TensorGetter = Callable[[str], np.ndarray]
+
+
+def _layer_tensor_names(layer: int) -> dict[str, str]:
+    prefix = f"model.layers.{layer}."
+    return {
+        "q": prefix + "self_attn.q_proj.weight",
+        "k": prefix + "self_attn.k_proj.weight",
+        "v": prefix + "self_attn.v_proj.weight",
+        "o": prefix + "self_attn.o_proj.weight",
+        "gate": prefix + "mlp.gate_proj.weight",
+        "up": prefix + "mlp.up_proj.weight",
+        "down": prefix + "mlp.down_proj.weight",
+        "attn_norm": prefix + "input_layernorm.weight",
+        "mlp_norm": prefix + "post_attention_layernorm.weight",
+    }
+
+
+def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Hugging Face checkpoint of this config holds, with its shape."""
+    d, heads, kv, hd, f = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads,
+                           cfg.resolved_head_dim, cfg.mlp_dim)
+    shapes = {"model.embed_tokens.weight": (cfg.vocab_size, d), "model.norm.weight": (d,)}
+    if not cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, d)
+    per_layer = {"q": (heads * hd, d), "k": (kv * hd, d), "v": (kv * hd, d), "o": (d, heads * hd),
+                 "gate": (f, d), "up": (f, d), "down": (d, f), "attn_norm": (d,), "mlp_norm": (d,)}
+    for layer in range(cfg.num_layers):
+        for key, name in _layer_tensor_names(layer).items():
+            shapes[name] = per_layer[key]
+    return shapes
+
+
+def params_from_hf(get: TensorGetter, cfg: ModelConfig, dtype=np.float32) -> dict:
+    """Builds our parameter pytree, checking each tensor's presence and shape first."""
+    shapes = expected_hf_shapes(cfg)
+
+    def tensor(name: str) -> np.ndarray:
+        array = get(name)
+        if tuple(array.shape) != shapes[name]:
+            raise UserError(f"tensor {name} has shape {tuple(array.shape)}, "
+                            f"expected {shapes[name]} from config.json")
+        return np.asarray(array, dtype=dtype)
+
+    d, heads, kv, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
+    to_ours = {
+        "q": lambda w: w.T.reshape(d, heads, hd),
+        "k": lambda w: w.T.reshape(d, kv, hd),
+        "v": lambda w: w.T.reshape(d, kv, hd),
+        "o": lambda w: w.T.reshape(heads, hd, d),
+        "gate": lambda w: w.T, "up": lambda w: w.T, "down": lambda w: w.T,
+        "attn_norm": lambda w: w, "mlp_norm": lambda w: w,
+    }
+    stacked: dict[str, list[np.ndarray]] = {key: [] for key in to_ours}
+    for layer in range(cfg.num_layers):
+        for key, name in _layer_tensor_names(layer).items():
+            stacked[key].append(to_ours[key](tensor(name)))
+    layers = {key: np.stack(values) for key, values in stacked.items()}
+    params = {
+        "embed": {"embedding": tensor("model.embed_tokens.weight")},
+        "layers": {"blocks": {
+            "attn": {key: layers[key] for key in ("q", "k", "v", "o")},
+            "mlp": {key: layers[key] for key in ("gate", "up", "down")},
+            "attn_norm": {"scale": layers["attn_norm"]},
+            "mlp_norm": {"scale": layers["mlp_norm"]},
+        }},
+        "final_norm": {"scale": tensor("model.norm.weight")},
+    }
+    if not cfg.tie_embeddings:
+        params["lm_head"] = tensor("lm_head.weight").T
+    return params
+
+
+def hf_from_params(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """The Hugging Face tensors (name -> [out, in] array) of our parameter pytree."""
+    d = cfg.d_model
+    blocks = params["layers"]["blocks"]
+    per_layer = {
+        "q": lambda i: blocks["attn"]["q"][i].reshape(d, -1).T,
+        "k": lambda i: blocks["attn"]["k"][i].reshape(d, -1).T,
+        "v": lambda i: blocks["attn"]["v"][i].reshape(d, -1).T,
+        "o": lambda i: blocks["attn"]["o"][i].reshape(-1, d).T,
+        "gate": lambda i: blocks["mlp"]["gate"][i].T,
+        "up": lambda i: blocks["mlp"]["up"][i].T,
+        "down": lambda i: blocks["mlp"]["down"][i].T,
+        "attn_norm": lambda i: blocks["attn_norm"]["scale"][i],
+        "mlp_norm": lambda i: blocks["mlp_norm"]["scale"][i],
+    }
+    tensors = {
+        "model.embed_tokens.weight": params["embed"]["embedding"],
+        "model.norm.weight": params["final_norm"]["scale"],
+    }
+    if not cfg.tie_embeddings:
+        tensors["lm_head.weight"] = params["lm_head"].T
+    for layer in range(cfg.num_layers):
+        for key, name in _layer_tensor_names(layer).items():
+            tensors[name] = per_layer[key](layer)
+    return {name: np.ascontiguousarray(np.asarray(value)) for name, value in tensors.items()}

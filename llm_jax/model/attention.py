@@ -1,0 +1,75 @@
+"""Grouped-query self-attention: projections, optional QK-norm, RoPE, then a kernel."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from llm_jax.config import ModelConfig
+from llm_jax.model import attention_kernels
+from llm_jax.model.layers import Norm, param_with_axes
+from llm_jax.model.rope import apply_rope, inverse_frequencies
+
+Q_AXES = ("act_batch", "act_length", "act_heads", "act_head_dim")
+KV_AXES = ("act_batch", "act_length", "act_kv_heads", "act_head_dim")
+
+
+class Attention(nn.Module):
+    """Llama attention without biases; `num_kv_heads` < `num_heads` shares keys and values."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self, x: jnp.ndarray, positions: jnp.ndarray, segment_ids: jnp.ndarray
+    ) -> jnp.ndarray:
+        cfg = self.config
+        heads, kv_heads, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        init = nn.initializers.normal(cfg.init_std)
+
+        def projection(name: str, shape: tuple[int, ...], axes: tuple[str, ...]) -> jnp.ndarray:
+            return param_with_axes(self, name, init, shape, axes, pdtype).astype(dtype)
+
+        wq = projection("q", (cfg.d_model, heads, head_dim), ("embed", "heads", "head_dim"))
+        wk = projection("k", (cfg.d_model, kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
+        wv = projection("v", (cfg.d_model, kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
+        wo = projection("o", (heads, head_dim, cfg.d_model), ("heads", "head_dim", "embed"))
+
+        q = nn.with_logical_constraint(jnp.einsum("btd,dhk->bthk", x, wq), Q_AXES)
+        k = nn.with_logical_constraint(jnp.einsum("btd,dhk->bthk", x, wk), KV_AXES)
+        v = nn.with_logical_constraint(jnp.einsum("btd,dhk->bthk", x, wv), KV_AXES)
+        if cfg.qk_norm:
+            q = Norm(cfg, axis_name="head_dim", name="q_norm")(q)
+            k = Norm(cfg, axis_name="head_dim", name="k_norm")(k)
+        if cfg.position == "rope":
+            inv_freq = inverse_frequencies(head_dim, cfg.rope_theta, cfg.rope_scaling)
+            q = apply_rope(q, positions, inv_freq)
+            k = apply_rope(k, positions, inv_freq)
+
+        index = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+        if cfg.attention == "splash":
+            out = _sharded_splash(q, k, v, segment_ids)
+        else:
+            out = attention_kernels.attend(
+                cfg.attention, q, k, v, segment_ids, segment_ids, index, index
+            )
+        out = nn.with_logical_constraint(out, Q_AXES)
+        return jnp.einsum("bthk,hkd->btd", out, wo)
+
+
+def _sharded_splash(q, k, v, segment_ids):
+    """Runs the splash kernel per device shard: a Pallas call is not auto-partitioned."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return attention_kernels.splash_attention(q, k, v, segment_ids, segment_ids)
+    q_spec = nn.logical_to_mesh_axes(Q_AXES)
+    kv_spec = nn.logical_to_mesh_axes(KV_AXES)
+    seg_spec = PartitionSpec(q_spec[0], None)
+    return jax.shard_map(
+        lambda q_, k_, v_, s_: attention_kernels.splash_attention(q_, k_, v_, s_, s_),
+        mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec), out_specs=q_spec,
+        check_vma=False,
+    )(q, k, v, segment_ids)

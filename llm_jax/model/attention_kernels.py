@@ -1,0 +1,110 @@
+"""Causal, segment-masked attention kernels, chosen by `model.attention`.
+
+All kernels take queries [batch, q_len, heads, head_dim] and keys/values
+[batch, kv_len, kv_heads, head_dim] (grouped-query: kv_heads divides heads) and return
+[batch, q_len, heads, head_dim]. A query attends to a key when the key is not later in the
+row (`kv_index <= q_index`) and both carry the same segment id, so packed documents never
+see each other. The softmax runs in fp32 in every kernel.
+
+- `xla`: plain einsums, readable and portable; the reference for the others.
+- `dot_product`: `jax.nn.dot_product_attention`, which lets XLA pick the backend's best path.
+- `cudnn`: the same function forced onto cuDNN's fused flash attention (NVIDIA GPUs only).
+- `splash`: the Pallas splash-attention kernel (TPU only; `interpret=True` runs it anywhere).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from llm_jax.errors import UserError
+
+NEEDED_BACKEND = {"cudnn": "gpu", "splash": "tpu"}
+
+
+def check_backend(impl: str) -> None:
+    """Fails early, with a message, when a kernel is asked for on hardware that lacks it."""
+    needed = NEEDED_BACKEND.get(impl)
+    if needed and jax.default_backend() != needed:
+        raise UserError(
+            f"model.attention={impl} needs a {needed.upper()} but this process runs on "
+            f"'{jax.default_backend()}'; use model.attention=xla or model.attention=dot_product"
+        )
+
+
+def attention_mask(
+    q_segment_ids: jnp.ndarray, kv_segment_ids: jnp.ndarray,
+    q_index: jnp.ndarray, kv_index: jnp.ndarray,
+) -> jnp.ndarray:
+    """Boolean [batch, q_len, kv_len]: causal by row index, and within one segment."""
+    causal = kv_index[:, None, :] <= q_index[:, :, None]
+    same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    return causal & same_segment
+
+
+def xla_attention(q, k, v, mask):
+    batch, q_len, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (head_dim**-0.5)
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(batch, q_len, heads, head_dim)
+
+
+def dot_product_attention(q, k, v, mask, implementation: str | None = None):
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask[:, None], implementation=implementation
+    )
+
+
+def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, *, interpret: bool = False):
+    """Pallas splash attention over one device's shard; training layout only (q_len == kv_len).
+
+    Under a device mesh, call it inside `shard_map` with batch and heads split (see
+    `llm_jax.model.attention.Attention`), since a Pallas call is not auto-partitioned.
+    """
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as splash,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    _, seq_len, heads, head_dim = q.shape
+    if k.shape[1] != seq_len:
+        raise UserError("splash attention serves training (q_len == kv_len); decode with xla")
+    block = min(512, seq_len)
+    kernel = splash.make_splash_mha(
+        mask=masks.MultiHeadMask([masks.CausalMask((seq_len, seq_len))] * heads),
+        block_sizes=splash.BlockSizes(
+            block_q=block, block_kv_compute=block, block_kv=block,
+            block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+            block_q_dq=block, block_kv_dq=block,
+        ),
+        head_shards=1, q_seq_shards=1, interpret=interpret,
+    )
+    scaled_q = (q * head_dim**-0.5).astype(q.dtype)
+
+    def one_example(q1, k1, v1, q_seg, kv_seg):
+        segments = splash.SegmentIds(q=q_seg, kv=kv_seg)
+        # The kernel wants [heads, length, head_dim].
+        out = kernel(q1.swapaxes(0, 1), k1.swapaxes(0, 1), v1.swapaxes(0, 1),
+                     segment_ids=segments)
+        return out.swapaxes(0, 1)
+
+    return jax.vmap(one_example)(scaled_q, k, v, q_segment_ids, kv_segment_ids)
+
+
+def attend(
+    impl: str, q, k, v, q_segment_ids, kv_segment_ids, q_index, kv_index
+) -> jnp.ndarray:
+    """Dispatches to the configured kernel."""
+    if impl == "splash":
+        return splash_attention(q, k, v, q_segment_ids, kv_segment_ids)
+    mask = attention_mask(q_segment_ids, kv_segment_ids, q_index, kv_index)
+    if impl == "xla":
+        return xla_attention(q, k, v, mask)
+    implementation = "cudnn" if impl == "cudnn" else None
+    return dot_product_attention(q, k, v, mask, implementation)
+

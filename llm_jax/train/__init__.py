@@ -1,0 +1,1 @@
+"""Train state, optimizers, objectives, jitted steps, the loop and checkpoints."""

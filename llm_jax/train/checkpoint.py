@@ -1,0 +1,91 @@
+"""Checkpoint directories on Orbax.
+
+A checkpoint directory (also: a run directory) holds
+
+    config.yaml            the resolved `Config` of the run
+    checkpoints/<step>/    Orbax steps, each with item `params` (training adds its own items)
+    tokenizer/             the tokenizer files, when the run has one
+
+Orbax writes each step to a temporary name and renames it when complete, so a step directory
+that exists is whole. Wherever a command takes `--checkpoint`, it may name the run directory
+(its latest step is used) or one step directory inside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from llm_jax.config import Config, from_dict, load_yaml, save_config
+from llm_jax.errors import UserError
+from llm_jax.model import abstract_params
+
+CONFIG_FILE = "config.yaml"
+STEPS_DIR = "checkpoints"
+TOKENIZER_DIR = "tokenizer"
+
+
+def checkpoint_manager(run_dir: str | Path, keep: int | None = None,
+                       async_save: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+    )
+    return ocp.CheckpointManager(Path(run_dir).absolute() / STEPS_DIR, options=options)
+
+
+def resolve(path: str | Path) -> tuple[Path, int]:
+    """(run directory, step) for a run directory or one of its step directories."""
+    path = Path(path).absolute()
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    if path.parent.name == STEPS_DIR and path.name.isdigit():
+        return path.parent.parent, int(path.name)
+    if not (path / CONFIG_FILE).exists():
+        raise UserError(f"{path} is not a checkpoint directory: it has no {CONFIG_FILE}")
+    step = checkpoint_manager(path).latest_step()
+    if step is None:
+        raise UserError(f"{path} holds no finished checkpoint step under {STEPS_DIR}/")
+    return path, step
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise UserError(f"{path} is missing")
+    return from_dict(load_yaml(path))
+
+
+def save_params(run_dir: str | Path, config: Config, params: Any, step: int = 0) -> Path:
+    """Writes config.yaml and one Orbax step holding only `params` (imports, exports)."""
+    run_dir = Path(run_dir).absolute()
+    save_config(config, run_dir / CONFIG_FILE)
+    manager = checkpoint_manager(run_dir)
+    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+    manager.wait_until_finished()
+    manager.close()
+    return run_dir
+
+
+def restore_params(checkpoint: str | Path, shardings: Any = None) -> tuple[Config, Any]:
+    """(config, params) from a checkpoint; `shardings` places each parameter's shards."""
+    run_dir, step = resolve(checkpoint)
+    config = load_run_config(run_dir)
+    abstract = abstract_params(config.model)
+    if shardings is not None:
+        abstract = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+        )
+    manager = checkpoint_manager(run_dir)
+    restored = manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
+    )
+    manager.close()
+    return config, restored["params"]
+
+
+def tokenizer_dir(checkpoint: str | Path) -> Path:
+    run_dir, _ = resolve(checkpoint)
+    return run_dir / TOKENIZER_DIR
