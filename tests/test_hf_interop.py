@@ -1,0 +1,151 @@
+"""Hugging Face Llama interop: our logits equal transformers' for imported and exported models."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from llm_jax.cli import main  # noqa: E402
+from llm_jax.convert.hf_export import write_hf_checkpoint  # noqa: E402
+from llm_jax.convert.hf_import import read_hf_checkpoint  # noqa: E402
+from llm_jax.errors import UserError  # noqa: E402
+from llm_jax.model import Transformer  # noqa: E402
+from llm_jax.train import checkpoint  # noqa: E402
+
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                  "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+
+CONFIGS = {
+    "mha-tied": dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
+    "gqa-untied-theta-eps": dict(num_attention_heads=8, num_key_value_heads=2,
+                                 tie_word_embeddings=False, rope_theta=500000.0,
+                                 rms_norm_eps=1e-6),
+    "mqa-llama3-scaling": dict(num_attention_heads=4, num_key_value_heads=1,
+                               tie_word_embeddings=False, rope_scaling=LLAMA3_SCALING,
+                               rope_theta=50000.0),
+    "gqa-wide-head-dim": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                              tie_word_embeddings=False),
+}
+
+
+def hf_model(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    settings = dict(vocab_size=101, hidden_size=64, num_hidden_layers=2, intermediate_size=112,
+                    max_position_embeddings=256)
+    settings.update(overrides)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**settings)).eval()
+    # Random norms, so that a mix-up of the two norm weights would show in the logits.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+    return model
+
+
+def hf_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.tensor(np.asarray(tokens))).logits.numpy()
+
+
+def our_logits(model_config, params, tokens):
+    return np.asarray(Transformer(model_config).apply({"params": params}, tokens))
+
+
+TOKENS = np.random.RandomState(0).randint(0, 101, (2, 80))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_imported_logits_equal_transformers(tmp_path, name):
+    model = hf_model(**CONFIGS[name])
+    model.save_pretrained(tmp_path)
+    model_config, params = read_hf_checkpoint(tmp_path)
+    diff = np.abs(our_logits(model_config, params, TOKENS) - hf_logits(model, TOKENS)).max()
+    assert diff < 1e-4, diff
+
+
+@pytest.mark.parametrize("name", ["mha-tied", "mqa-llama3-scaling"])
+def test_export_loads_in_transformers_with_equal_logits(tmp_path, name):
+    model_config, params = read_hf_checkpoint(_saved(tmp_path / "src", **CONFIGS[name]))
+    out = write_hf_checkpoint(model_config, params, tmp_path / "exported")
+    loaded, info = transformers.LlamaForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    diff = np.abs(hf_logits(loaded.eval(), TOKENS) - our_logits(model_config, params, TOKENS))
+    assert diff.max() < 1e-4
+
+
+def test_export_then_import_is_exact_also_when_sharded(tmp_path):
+    model_config, params = read_hf_checkpoint(_saved(tmp_path / "src", **CONFIGS["gqa-untied-theta-eps"]))
+    out = write_hf_checkpoint(model_config, params, tmp_path / "sharded", max_shard_bytes=60_000)
+    assert (out / "model.safetensors.index.json").exists()
+    assert len(list(out.glob("model-*.safetensors"))) > 2
+    again_config, again = read_hf_checkpoint(out)
+    assert again_config == model_config
+    jax.tree.map(np.testing.assert_array_equal, again, params)
+
+
+def test_cli_import_then_export_round_trip(tmp_path):
+    src = _saved(tmp_path / "src", **CONFIGS["gqa-untied-theta-eps"])
+    (src / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 256}))
+    assert main(["import-hf", "--hf-dir", str(src), "--out", str(tmp_path / "ours")]) == 0
+    config, params = checkpoint.restore_params(tmp_path / "ours")
+    assert config.model.num_kv_heads == 2
+    assert (tmp_path / "ours" / "tokenizer" / "tokenizer_config.json").exists()
+    assert main(["export-hf", "--checkpoint", str(tmp_path / "ours"),
+                 "--out", str(tmp_path / "back")]) == 0
+    original, back = load_file(src / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    assert set(original) == set(back)
+    for name in original:
+        np.testing.assert_array_equal(original[name], back[name])
+    assert (tmp_path / "back" / "tokenizer_config.json").exists()
+
+
+def _saved(path, **overrides):
+    hf_model(**overrides).save_pretrained(path)
+    return path
+
+
+def _edit_tensors(path, edit):
+    tensors = load_file(path / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+
+
+def _edit_config(path, **changes):
+    config = json.loads((path / "config.json").read_text())
+    config.update(changes)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: _edit_tensors(p, lambda t: t.pop("model.layers.1.mlp.up_proj.weight")),
+     "lacks tensor model.layers.1.mlp.up_proj.weight"),
+    (lambda p: _edit_tensors(p, lambda t: t.update(
+        {"model.layers.0.self_attn.k_proj.weight": np.zeros((8, 64), np.float32)})),
+     r"tensor model.layers.0.self_attn.k_proj.weight has shape \(8, 64\)"),
+    (lambda p: _edit_config(p, attention_bias=True), "attention_bias=True is not supported"),
+    (lambda p: _edit_config(p, rope_parameters={"rope_type": "yarn", "factor": 2.0,
+                                                "rope_theta": 1e4}),
+     "rope_scaling.rope_type='yarn' is not supported"),
+    (lambda p: _edit_config(p, hidden_act="gelu"), "hidden_act='gelu' is not supported"),
+    (lambda p: (p / "model.safetensors").unlink(), "has neither model.safetensors"),
+])
+def test_bad_checkpoints_fail_naming_the_tensor_or_key(tmp_path, capsys, damage, message):
+    src = _saved(tmp_path / "src", **CONFIGS["gqa-untied-theta-eps"])
+    damage(src)
+    with pytest.raises(UserError, match=message):
+        read_hf_checkpoint(src)
+    assert main(["import-hf", "--hf-dir", str(src), "--out", str(tmp_path / "out")]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_export_refuses_models_transformers_cannot_compute(tmp_path):
+    model_config, params = read_hf_checkpoint(_saved(tmp_path / "src", **CONFIGS["mha-tied"]))
+    with pytest.raises(UserError, match="model.qk_norm=True has no Llama equivalent"):
+        write_hf_checkpoint(dataclasses.replace(model_config, qk_norm=True), params, tmp_path / "x")
