@@ -127,6 +127,8 @@ class MeshConfig:
     dcn_fsdp: int = 1
     dcn_tensor: int = 1
     dcn_pipe: int = 1
+    # Overrides of the logical-axis rules (llm_jax/parallel/rules.py): "name:axis+axis,...".
+    rules: str = ""
 
     def __post_init__(self) -> None:
         sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor, "pipe": self.pipe}

@@ -89,3 +89,39 @@ def restore_params(checkpoint: str | Path, shardings: Any = None) -> tuple[Confi
 def tokenizer_dir(checkpoint: str | Path) -> Path:
     run_dir, _ = resolve(checkpoint)
     return run_dir / TOKENIZER_DIR
+
+
+def save_train_state(manager: ocp.CheckpointManager, state: Any, data_state: Any,
+                     seed: int) -> None:
+    """One step with everything a resumed run needs; asynchronous when the manager is."""
+    step = int(jax.device_get(state.step))
+    manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params),
+        opt_state=ocp.args.StandardSave(state.opt_state),
+        meta=ocp.args.JsonSave({"step": step, "bad_steps": int(jax.device_get(state.bad_steps)),
+                                "seed": seed}),
+        data=ocp.args.JsonSave(data_state),
+    ))
+
+
+def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+                        shardings: Any) -> tuple[Any, Any]:
+    """(state placed on `shardings`, data iterator state); shardings may differ from the
+    saved run's, in which case Orbax reshards onto the new mesh."""
+    target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(target.params),
+        opt_state=ocp.args.StandardRestore(target.opt_state),
+        meta=ocp.args.JsonRestore(),
+        data=ocp.args.JsonRestore(),
+    ))
+    meta = restored["meta"]
+    state = abstract_state.replace(
+        step=jax.device_put(jax.numpy.asarray(meta["step"], jax.numpy.int32), shardings.step),
+        params=restored["params"],
+        opt_state=restored["opt_state"],
+        bad_steps=jax.device_put(jax.numpy.asarray(meta["bad_steps"], jax.numpy.int32),
+                                 shardings.bad_steps),
+    )
+    return state, restored["data"]

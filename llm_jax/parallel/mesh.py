@@ -1,0 +1,89 @@
+"""The device mesh from `mesh.*`, and the start-time checks that the run fits it.
+
+Axes are ordered ("data", "pipe", "fsdp", "tensor") so that tensor parallelism, which talks
+most, lands on the closest devices, and data parallelism on the farthest. With `dcn_*` factors
+the mesh is a hybrid one: those factors run across slices (or hosts) over the data-center
+network, the rest over the chips' interconnect.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh
+
+from llm_jax.config import Config, ConfigError, MeshConfig
+from llm_jax.parallel.rules import MESH_AXES
+
+
+def mesh_shape(mesh: MeshConfig, device_count: int) -> dict[str, int]:
+    """Axis sizes with any -1 filled in; fails unless they multiply to `device_count`."""
+    sizes = {axis: getattr(mesh, axis) for axis in MESH_AXES}
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    for axis, size in sizes.items():
+        if size == -1:
+            if device_count % fixed:
+                raise ConfigError(
+                    f"mesh.{axis}=-1 cannot fill {device_count} devices: the other axes "
+                    f"multiply to {fixed}, which does not divide {device_count}"
+                )
+            sizes[axis] = device_count // fixed
+    total = math.prod(sizes.values())
+    if total != device_count:
+        product = " x ".join(f"mesh.{a}={s}" for a, s in sizes.items())
+        raise ConfigError(
+            f"{product} = {total} devices, but this run has {device_count}; make the product "
+            f"equal {device_count} (one axis may be -1 to take the rest)"
+        )
+    return sizes
+
+
+def check_fits_mesh(config: Config, sizes: dict[str, int]) -> None:
+    """Every divisibility the sharded step needs, each failing with what to change."""
+    model, train = config.model, config.train
+    tensor, pipe, fsdp = sizes["tensor"], sizes["pipe"], sizes["fsdp"]
+    checks = [
+        (model.num_heads % tensor, f"model.num_heads={model.num_heads}", "mesh.tensor", tensor),
+        (model.num_kv_heads % tensor, f"model.num_kv_heads={model.num_kv_heads}", "mesh.tensor",
+         tensor),
+        (model.mlp_dim % tensor, f"model.mlp_dim={model.mlp_dim}", "mesh.tensor", tensor),
+        (model.vocab_size % tensor, f"model.vocab_size={model.vocab_size}", "mesh.tensor",
+         tensor),
+        (model.d_model % fsdp, f"model.d_model={model.d_model}", "mesh.fsdp", fsdp),
+        (model.num_layers % pipe, f"model.num_layers={model.num_layers}", "mesh.pipe", pipe),
+    ]
+    for remainder, what, axis, size in checks:
+        if remainder:
+            raise ConfigError(f"{what} is not divisible by {axis}={size}; change one of them")
+    shards = sizes["data"] * fsdp * train.microbatches
+    if train.batch_size % shards:
+        raise ConfigError(
+            f"train.batch_size={train.batch_size} is not divisible by mesh.data x mesh.fsdp x "
+            f"train.microbatches = {sizes['data']} x {fsdp} x {train.microbatches} = {shards}"
+        )
+
+
+def _device_grid(mesh: MeshConfig, sizes: dict[str, int], devices) -> np.ndarray:
+    dcn = {axis: getattr(mesh, f"dcn_{axis}") for axis in MESH_AXES}
+    if math.prod(dcn.values()) > 1:
+        for axis in MESH_AXES:
+            if sizes[axis] % dcn[axis]:
+                raise ConfigError(f"mesh.dcn_{axis}={dcn[axis]} must divide mesh.{axis}="
+                                  f"{sizes[axis]}")
+        ici = [sizes[a] // dcn[a] for a in MESH_AXES]
+        return mesh_utils.create_hybrid_device_mesh(ici, [dcn[a] for a in MESH_AXES], devices)
+    shape = [sizes[a] for a in MESH_AXES]
+    if devices[0].platform in ("tpu", "gpu"):
+        return mesh_utils.create_device_mesh(shape, devices)
+    return np.asarray(devices).reshape(shape)
+
+
+def make_mesh(config: Config, devices=None) -> Mesh:
+    """The run's mesh over all devices of all processes, after checking the run fits it."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = mesh_shape(config.mesh, len(devices))
+    check_fits_mesh(config, sizes)
+    return Mesh(_device_grid(config.mesh, sizes, devices), MESH_AXES)

@@ -1,0 +1,77 @@
+"""From logical axis names to `NamedSharding`s, sharded initialization, the compiled step.
+
+The train state is created inside `jax.jit` with `out_shardings`, so each device only ever
+allocates its own shards: a model larger than one host's memory is never materialized whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from llm_jax.config import Config
+from llm_jax.model.params import init_boxed_params
+from llm_jax.parallel.rules import Rules, axis_rules
+from llm_jax.train.state import TrainState
+
+BATCH_AXES = ("act_batch", "act_length")
+
+
+@contextlib.contextmanager
+def sharding_context(mesh: Mesh, rules: Rules) -> Iterator[None]:
+    """The mesh and rules that the model's logical sharding constraints resolve against."""
+    with mesh, nn.logical_axis_rules(rules):
+        yield
+
+
+def logical_to_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
+    """`NamedSharding`s for a tree whose leaves may be `nn.LogicallyPartitioned` boxes;
+    unboxed leaves (step counters, ...) are replicated."""
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+    """Batches [batch, length] are split over the data-parallel axes."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(BATCH_AXES, rules))
+
+
+def create_train_state(config: Config, mesh: Mesh, tx, rng: jax.Array) -> tuple[TrainState, Any]:
+    """(state, its shardings), each parameter and optimizer moment born in its shards."""
+    rules = axis_rules(config.mesh.rules)
+
+    def boxed_state(key):
+        return TrainState.create(init_boxed_params(config.model, key), tx)
+
+    abstract = jax.eval_shape(boxed_state, rng)
+    shardings = logical_to_shardings(abstract, mesh, rules)
+    with sharding_context(mesh, rules):
+        state = jax.jit(lambda key: nn.unbox(boxed_state(key)), out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def abstract_train_state(config: Config, tx) -> tuple[TrainState, Any]:
+    """Shapes of the train state and their logical partition specs, allocating nothing."""
+    abstract = jax.eval_shape(
+        lambda: TrainState.create(init_boxed_params(config.model, jax.random.key(0)), tx))
+    return nn.unbox(abstract), nn.get_partition_spec(abstract)
+
+
+def jit_train_step(step: Callable, config: Config, mesh: Mesh, state_shardings: Any):
+    """Compiles `step(state, batch)` once for this mesh: explicit in/out shardings, donated
+    state, metrics replicated."""
+    rules = axis_rules(config.mesh.rules)
+    data = batch_sharding(mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    jitted = jax.jit(step, in_shardings=(state_shardings, data),
+                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+    def run(state, batch):
+        with sharding_context(mesh, rules):
+            return jitted(state, batch)
+
+    run.jitted = jitted
+    return run

@@ -1,0 +1,233 @@
+"""`llm-jax train`: the pretraining (and fine-tuning) loop around the jitted step.
+
+The loop is the only place with side effects: it feeds batches, logs metrics, evaluates,
+saves Orbax checkpoints every `checkpoint.every` steps (asynchronously), resumes from the
+latest one when restarted in the same run directory, and on SIGTERM (TPU preemption) saves
+and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from llm_jax.config import Config, save_config
+from llm_jax.errors import UserError
+from llm_jax.parallel.distributed import initialize_distributed
+from llm_jax.parallel.mesh import make_mesh
+from llm_jax.parallel.pipeline import bubble_fraction
+from llm_jax.parallel.rules import axis_rules
+from llm_jax.parallel.sharding import batch_sharding, create_train_state, jit_train_step
+from llm_jax.train import checkpoint
+from llm_jax.train.flops import flops_per_token, peak_flops_per_device
+from llm_jax.train.forward import make_forward
+from llm_jax.train.metrics import MetricsLogger
+from llm_jax.train.objectives import make_objective
+from llm_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from llm_jax.train.step import make_train_step
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    final_loss: float
+    eval: dict[str, float]
+    preempted: bool
+
+
+class _PreemptionFlag:
+    """Set by SIGTERM; the loop saves a checkpoint after the step in flight and stops."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self) -> "_PreemptionFlag":
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no signal handling there
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    """Each process contributes its own rows of the global batch."""
+    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+            for name, value in local.items()}
+
+
+def _init_params_from(config: Config, state, shardings):
+    """Fine-tuning: replaces the freshly initialized params by a checkpoint's."""
+    source_config, params = checkpoint.restore_params(config.train.init_from, shardings.params)
+    if source_config.model != config.model:
+        raise UserError(f"train.init_from={config.train.init_from} holds a different model; "
+                        "its model section must equal this run's")
+    return state.replace(params=params)
+
+
+def evaluate(eval_step, state, batches: Iterator[dict], sharding, steps: int,
+             token_bytes: np.ndarray | None) -> dict[str, float]:
+    """Mean next-token loss over `steps` held-out batches, and bits per byte."""
+    nll, tokens, num_bytes = 0.0, 0.0, 0.0
+    for _, batch in zip(range(steps), batches):
+        nll_sum, count = jax.device_get(eval_step(state.params, _global_batch(batch, sharding)))
+        nll += float(nll_sum)
+        tokens += float(count)
+        if token_bytes is not None:
+            num_bytes += float(np.sum(token_bytes[batch["targets"]] * batch["loss_mask"]))
+    if not tokens:
+        return {}
+    result = {"eval_loss": nll / tokens}
+    if num_bytes:
+        result["eval_bpb"] = nll / (math.log(2) * num_bytes)
+    return result
+
+
+def _make_eval_step(config: Config, mesh, state_shardings):
+    from llm_jax.train.losses import cross_entropy_sums
+    from llm_jax.parallel.sharding import sharding_context
+
+    forward = make_forward(config)
+    rules = axis_rules(config.mesh.rules)
+
+    @jax.jit
+    def eval_step(params, batch):
+        logits = forward(params, batch)
+        mask = batch["loss_mask"].astype(jnp.float32)
+        nll, _ = cross_entropy_sums(logits, batch["targets"], mask)
+        return nll, jnp.sum(mask)
+
+    def run(params, batch):
+        with sharding_context(mesh, rules):
+            return eval_step(params, batch)
+
+    return run
+
+
+def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
+    """Runs (or resumes) `config` on `data`, an object with `train_iterator()`,
+    `eval_iterator()` and `token_bytes` (see `llm_jax.data.pipeline`)."""
+    initialize_distributed()
+    run_dir = Path(config.run_dir).absolute()
+    mesh = make_mesh(config)
+    rules = axis_rules(config.mesh.rules)
+    save_config(config, run_dir / checkpoint.CONFIG_FILE)
+
+    total_steps = config.train.steps
+    tx = make_optimizer(config.optimizer, total_steps)
+    schedule = learning_rate_schedule(config.optimizer, total_steps)
+    state, shardings = create_train_state(config, mesh, tx, jax.random.key(config.seed))
+    pipelined = mesh.shape["pipe"] > 1
+    step_fn = jit_train_step(
+        make_train_step(make_objective(config, make_forward(config, mesh)), tx, schedule,
+                        1 if pipelined else config.train.microbatches),
+        config, mesh, shardings)
+    eval_fn = _make_eval_step(config, mesh, shardings)
+    sharding = batch_sharding(mesh, rules)
+
+    manager = checkpoint.checkpoint_manager(run_dir, keep=config.checkpoint.keep,
+                                            async_save=config.checkpoint.async_save)
+    train_batches = data.train_iterator()
+    start = manager.latest_step()
+    if start is not None:
+        state, data_state = checkpoint.restore_train_state(manager, start, state, shardings)
+        train_batches.set_state(data_state)
+        print(f"resumed {run_dir} at step {start}")
+    elif config.train.init_from:
+        state = _init_params_from(config, state, shardings)
+    start = start or 0
+
+    seq_len = config.data.seq_len
+    tokens_per_step = config.train.batch_size * seq_len
+    model_flops = flops_per_token(config.model, seq_len)
+    peak, peak_source = peak_flops_per_device()
+    peak_total = peak * jax.device_count()
+    bubble = bubble_fraction(mesh.shape["pipe"], config.train.microbatches) if pipelined else 0.0
+    if jax.process_index() == 0:
+        print(f"mesh {dict(mesh.shape)}; MFU against {peak / 1e12:.1f} TFLOP/s per device "
+              f"({peak_source}); pipeline bubble {bubble:.1%}")
+    logger = MetricsLogger(run_dir, resume_step=start)
+    bar = tqdm(total=total_steps, initial=start, disable=not progress or jax.process_index() > 0,
+               dynamic_ncols=True, desc="train")
+    profile = _parse_profile(config.train.profile_steps)
+
+    last_loss, eval_metrics, preempted = float("nan"), {}, False
+    window_start, window_steps = time.perf_counter(), 0
+    with _PreemptionFlag() as preemption:
+        for step in range(start, total_steps):
+            if profile and step == profile[0]:
+                jax.profiler.start_trace(str(run_dir / "profile"))
+            state, metrics = step_fn(state, _global_batch(next(train_batches), sharding))
+            window_steps += 1
+            done = step + 1
+            if profile and done == profile[1]:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+            eval_due = done == total_steps or (config.eval.every and done % config.eval.every == 0)
+            if eval_due or done % config.train.log_every == 0:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                elapsed = time.perf_counter() - window_start
+                tokens_per_sec = window_steps * tokens_per_step / elapsed
+                last_loss = metrics["loss"]
+                record = {**metrics, "tokens_per_sec": tokens_per_sec,
+                          "mfu": tokens_per_sec * model_flops / peak_total}
+                if pipelined:
+                    record["pipeline_bubble"] = bubble
+                if eval_due:
+                    eval_metrics = evaluate(eval_fn, state, data.eval_iterator(), sharding,
+                                            config.eval.steps, data.token_bytes)
+                    record.update(eval_metrics)
+                logger.log(done, record)
+                bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}")
+                _check_bad_steps(int(metrics["bad_steps"]), done, config, manager)
+                window_start, window_steps = time.perf_counter(), 0
+            bar.update(1)
+            if preemption.raised or done % config.checkpoint.every == 0 or done == total_steps:
+                checkpoint.save_train_state(manager, state, train_batches.get_state(),
+                                            config.seed)
+            if preemption.raised:
+                preempted = True
+                print(f"SIGTERM: saved step {done} to {run_dir}; exiting")
+                break
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+    logger.close()
+    return TrainResult(run_dir, int(jax.device_get(state.step)), last_loss, eval_metrics,
+                       preempted)
+
+
+def _check_bad_steps(bad_steps: int, step: int, config: Config, manager) -> None:
+    if bad_steps >= config.train.max_bad_steps:
+        manager.wait_until_finished()
+        raise UserError(
+            f"{bad_steps} steps in a row had a non-finite loss or gradient (last at step "
+            f"{step}); lower optimizer.lr, raise optimizer.warmup_steps or check the data. "
+            "The checkpoints before them are kept.")
+
+
+def _parse_profile(spec: str) -> tuple[int, int] | None:
+    if not spec:
+        return None
+    try:
+        first, last = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise UserError(f"train.profile_steps={spec!r} must look like start:stop") from None
+    return first, last

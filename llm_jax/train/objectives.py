@@ -1,0 +1,42 @@
+"""Training objectives. Each maps (params, batch) to (loss numerator, sums) where
+`sums["denominator"]` is what the numerator is averaged over (tokens, pairs, ...): the train
+step adds both over microbatches and devices before dividing, so a sharded or accumulated step
+computes exactly the full-batch mean."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax.numpy as jnp
+
+from llm_jax.config import Config
+from llm_jax.train.losses import cross_entropy_sums
+
+Batch = dict[str, jnp.ndarray]
+Forward = Callable[[Any, Batch], jnp.ndarray]
+Objective = Callable[[Any, Batch], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
+
+
+def lm_objective(config: Config, forward: Forward) -> Objective:
+    """Causal language modeling: next-token cross-entropy (+ optional z-loss) on `loss_mask`."""
+
+    def objective(params, batch: Batch):
+        logits = forward(params, batch)
+        mask = batch["loss_mask"].astype(jnp.float32)
+        nll, z = cross_entropy_sums(logits, batch["targets"], mask, config.train.z_loss)
+        return nll + z, {"denominator": jnp.sum(mask), "nll": nll}
+
+    return objective
+
+
+OBJECTIVES: dict[str, Callable[[Config, Forward], Objective]] = {"lm": lm_objective}
+
+
+def make_objective(config: Config, forward: Forward) -> Objective:
+    name = config.train.objective
+    if name not in OBJECTIVES:
+        from llm_jax.errors import UserError
+
+        raise UserError(f"train.objective={name} is not available yet; available: "
+                        f"{', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](config, forward)

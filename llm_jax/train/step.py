@@ -1,0 +1,84 @@
+"""The jitted train step: `step(state, batch) -> (state, metrics)`.
+
+Gradients are accumulated over `train.microbatches` with `lax.scan` (unless the pipeline
+consumes the microbatches itself), summed as loss numerators and divided once by the total
+denominator, so the result equals the full-batch gradient. A non-finite loss or gradient
+leaves the parameters and optimizer state untouched and is counted in `bad_steps`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from llm_jax.train.objectives import Batch, Objective
+from llm_jax.train.state import TrainState
+
+
+def split_microbatches(batch: Batch, count: int) -> Batch:
+    """[B, ...] -> [count, B / count, ...], taking every `count`-th row so that each
+    microbatch stays spread over all data shards."""
+
+    def split(x):
+        rows = x.shape[0] // count
+        return x.reshape(rows, count, *x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def accumulate_gradients(objective: Objective, params: Any, batch: Batch, microbatches: int):
+    """(numerator, sums, gradient of the numerator), summed over microbatches."""
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    if microbatches == 1:
+        (numerator, sums), grads = grad_fn(params, batch)
+        return numerator, sums, grads
+
+    micro = split_microbatches(batch, microbatches)
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(grad_fn, params, first))
+
+    def body(carry, microbatch):
+        return jax.tree.map(jnp.add, carry, grad_fn(params, microbatch)), None
+
+    ((numerator, sums), grads), _ = jax.lax.scan(body, zeros, micro)
+    return numerator, sums, grads
+
+
+def make_train_step(objective: Objective, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, microbatches: int = 1):
+    """The un-jitted step; `llm_jax.parallel.sharding.jit_train_step` compiles it for a mesh."""
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        numerator, sums, grads = accumulate_gradients(objective, state.params, batch,
+                                                      microbatches)
+        denominator = jnp.maximum(sums["denominator"], 1.0)
+        loss = numerator / denominator
+        grads = jax.tree.map(lambda g: g / denominator, grads)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            bad_steps=jnp.where(finite, 0, state.bad_steps + 1),
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": schedule(state.step),
+            "skipped": (~finite).astype(jnp.int32),
+            "bad_steps": new_state.bad_steps,
+            "tokens": sums["denominator"],
+        }
+        metrics.update({name: value / denominator for name, value in sums.items()
+                        if name != "denominator"})
+        return new_state, metrics
+
+    return train_step
