@@ -1,4 +1,8 @@
-"""Grouped-query self-attention: projections, optional QK-norm, RoPE, then a kernel."""
+"""Grouped-query self-attention: projections, optional QK-norm, RoPE, then a kernel.
+
+With a layer's cache (`kv`, `cache_meta`) the new keys and values are written at the cache's
+write slot and the queries attend over every filled slot (causal by slot, masked by segment).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,18 @@ from jax.sharding import PartitionSpec
 
 from llm_jax.config import ModelConfig
 from llm_jax.model import attention_kernels
+from llm_jax.model.kv_cache import LAYER_KV_AXES
 from llm_jax.model.layers import Norm, param_with_axes
 from llm_jax.model.rope import apply_rope, inverse_frequencies
 
 Q_AXES = ("act_batch", "act_length", "act_heads", "act_head_dim")
 KV_AXES = ("act_batch", "act_length", "act_kv_heads", "act_head_dim")
+
+LayerKV = tuple[jnp.ndarray, jnp.ndarray]  # one layer's cached (k, v): [batch, slots, kv_heads, head_dim]
+CacheMeta = tuple[jnp.ndarray, jnp.ndarray]  # (segment ids of every slot [batch, slots], write slot)
+
+# Kernels that serve only the training layout fall back to XLA's attention when decoding.
+DECODE_KERNEL = {"splash": "xla", "cudnn": "dot_product"}
 
 
 class Attention(nn.Module):
@@ -23,8 +34,10 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jnp.ndarray, positions: jnp.ndarray, segment_ids: jnp.ndarray
-    ) -> jnp.ndarray:
+        self, x: jnp.ndarray, positions: jnp.ndarray, segment_ids: jnp.ndarray,
+        kv: LayerKV | None = None, cache_meta: CacheMeta | None = None,
+    ) -> jnp.ndarray | tuple[jnp.ndarray, LayerKV]:
+        """The attention output; with a cache, also this layer's updated (k, v)."""
         cfg = self.config
         heads, kv_heads, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -49,6 +62,11 @@ class Attention(nn.Module):
             q = apply_rope(q, positions, inv_freq)
             k = apply_rope(k, positions, inv_freq)
 
+        if kv is not None:
+            out, kv = _attend_cached(cfg.attention, q, k, v, segment_ids, kv, cache_meta)
+            out = nn.with_logical_constraint(out, Q_AXES)
+            return jnp.einsum("bthk,hkd->btd", out, wo), kv
+
         index = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
         if cfg.attention == "splash":
             out = _sharded_splash(q, k, v, segment_ids)
@@ -58,6 +76,23 @@ class Attention(nn.Module):
             )
         out = nn.with_logical_constraint(out, Q_AXES)
         return jnp.einsum("bthk,hkd->btd", out, wo)
+
+
+def _attend_cached(impl, q, k, v, segment_ids, kv: LayerKV, cache_meta: CacheMeta):
+    """Writes k, v at the write slot, then attends over all slots; returns (out, new kv)."""
+    slot_segments, write = cache_meta
+    cache_k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, write, 0, 0))
+    cache_v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, write, 0, 0))
+    cache_k = nn.with_logical_constraint(cache_k, LAYER_KV_AXES)
+    cache_v = nn.with_logical_constraint(cache_v, LAYER_KV_AXES)
+    batch, length = q.shape[:2]
+    q_index = jnp.broadcast_to(write + jnp.arange(length), (batch, length))
+    kv_index = jnp.broadcast_to(jnp.arange(cache_k.shape[1]), (batch, cache_k.shape[1]))
+    out = attention_kernels.attend(
+        DECODE_KERNEL.get(impl, impl), q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
+        segment_ids, slot_segments, q_index, kv_index,
+    )
+    return out, (cache_k, cache_v)
 
 
 def _sharded_splash(q, k, v, segment_ids):

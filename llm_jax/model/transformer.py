@@ -3,18 +3,25 @@
 `Transformer.apply({"params": params}, tokens, positions, segment_ids)` is a pure function of
 the parameter pytree. Layers are stacked on a leading `layers` axis by `nn.scan`, which keeps
 compile time flat in depth and lets pipeline parallelism split that axis into stages.
+
+Decoding passes a `KVCache` (`cache=`): the call then returns `(logits, updated cache)`, the
+per-layer keys and values being scanned alongside the layer parameters.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from llm_jax.config import ModelConfig
-from llm_jax.model.attention import Attention
+from llm_jax.model.attention import Attention, CacheMeta, LayerKV
 from llm_jax.model.attention_kernels import check_backend
+from llm_jax.model.kv_cache import CACHE_KV_AXES, CACHE_SEGMENT_AXES, KVCache
 from llm_jax.model.layers import Embed, Mlp, Norm, param_with_axes
+from llm_jax.parallel.pipeline import gpipe
 
 HIDDEN_AXES = ("act_batch", "act_length", "act_embed")
 
@@ -31,11 +38,16 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids):
+    def __call__(self, x, positions, segment_ids, kv: LayerKV | None = None,
+                 cache_meta: CacheMeta | None = None):
         cfg = self.config
-        h = x + Attention(cfg, name="attn")(Norm(cfg, name="attn_norm")(x), positions, segment_ids)
+        attn = Attention(cfg, name="attn")(
+            Norm(cfg, name="attn_norm")(x), positions, segment_ids, kv, cache_meta)
+        if kv is not None:
+            attn, kv = attn
+        h = x + attn
         out = h + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(h))
-        return nn.with_logical_constraint(out, HIDDEN_AXES), None
+        return nn.with_logical_constraint(out, HIDDEN_AXES), kv
 
 
 def block_class(config: ModelConfig) -> type[nn.Module]:
@@ -46,28 +58,46 @@ def block_class(config: ModelConfig) -> type[nn.Module]:
 
 
 class DecoderStack(nn.Module):
-    """`num_layers` blocks scanned over a leading `layers` parameter axis."""
+    """`num_layers` blocks scanned over a leading `layers` parameter axis; with
+    `pipeline_stages > 1` the same parameters run as a GPipe pipeline over the `pipe` axis."""
 
     config: ModelConfig
+    pipeline_stages: int = 1
+    pipeline_microbatches: int = 1
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids):
+    def __call__(self, x, positions, segment_ids, kv: LayerKV | None = None,
+                 cache_meta: CacheMeta | None = None):
+        """Hidden states; with stacked cache `kv` [layers, ...], also the updated stack."""
+        if self.pipeline_stages > 1 and kv is None and not self.is_initializing():
+            return gpipe(self._stage, self.variables["params"]["blocks"], x, positions,
+                         segment_ids, self.pipeline_stages, self.pipeline_microbatches)
         stack = nn.scan(
             block_class(self.config),
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
             length=self.config.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, _ = stack(self.config, name="blocks")(x, positions, segment_ids)
-        return x
+        x, kv = stack(self.config, name="blocks")(x, positions, segment_ids, kv, cache_meta)
+        return x if kv is None else (x, kv)
+
+    def _stage(self, stage_params, x, positions, segment_ids):
+        """One pipeline stage: this stack's blocks for `num_layers / stages` layers."""
+        stage_config = dataclasses.replace(
+            self.config, num_layers=self.config.num_layers // self.pipeline_stages)
+        return DecoderStack(stage_config).apply({"params": {"blocks": stage_params}}, x,
+                                                positions, segment_ids)
 
 
 class Transformer(nn.Module):
-    """Llama-family decoder; the ablation switches live in `ModelConfig`."""
+    """Llama-family decoder; the ablation switches live in `ModelConfig`. The pipeline
+    fields change how the layers are scheduled over devices, never the function."""
 
     config: ModelConfig
+    pipeline_stages: int = 1
+    pipeline_microbatches: int = 1
 
     @nn.compact
     def __call__(
@@ -76,8 +106,13 @@ class Transformer(nn.Module):
         positions: jnp.ndarray | None = None,
         segment_ids: jnp.ndarray | None = None,
         return_hidden: bool = False,
-    ) -> jnp.ndarray:
-        """Logits [batch, length, vocab] in fp32 (or the final hidden states)."""
+        cache: KVCache | None = None,
+    ) -> jnp.ndarray | tuple[jnp.ndarray, KVCache]:
+        """Logits [batch, length, vocab] in fp32 (or the final hidden states).
+
+        With `cache`, `tokens` fill slots `cache.index ...` and the result is
+        `(logits, updated cache)`; `positions` are then each row's own token positions.
+        """
         cfg = self.config
         check_backend(cfg.attention)
         if positions is None:
@@ -93,10 +128,14 @@ class Transformer(nn.Module):
             )
             x = x + jnp.take(table, positions, axis=0).astype(x.dtype)
         x = nn.with_logical_constraint(x, HIDDEN_AXES)
-        x = DecoderStack(cfg, name="layers")(x, positions, segment_ids)
+        stack = DecoderStack(cfg, self.pipeline_stages, self.pipeline_microbatches, name="layers")
+        if cache is None:
+            x = stack(x, positions, segment_ids)
+        else:
+            x, cache = _decode_stack(stack, x, positions, segment_ids, cache)
         x = Norm(cfg, name="final_norm")(x)
         if return_hidden:
-            return x
+            return x if cache is None else (x, cache)
         if cfg.tie_embeddings:
             logits = embed.attend(x)
         else:
@@ -106,4 +145,16 @@ class Transformer(nn.Module):
             )
             logits = jnp.einsum("btd,dv->btv", x, head.astype(x.dtype))
         logits = nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
-        return logits.astype(jnp.float32)
+        logits = logits.astype(jnp.float32)
+        return logits if cache is None else (logits, cache)
+
+
+def _decode_stack(stack: DecoderStack, x, positions, segment_ids, cache: KVCache):
+    """Runs the layers against the cache: marks the new slots' segments, then writes k and v."""
+    slot_segments = jax.lax.dynamic_update_slice(
+        cache.segment_ids, segment_ids.astype(cache.segment_ids.dtype), (0, cache.index))
+    slot_segments = nn.with_logical_constraint(slot_segments, CACHE_SEGMENT_AXES)
+    kv = (nn.with_logical_constraint(cache.k, CACHE_KV_AXES),
+          nn.with_logical_constraint(cache.v, CACHE_KV_AXES))
+    x, (k, v) = stack(x, positions, segment_ids, kv, (slot_segments, cache.index))
+    return x, KVCache(k=k, v=v, segment_ids=slot_segments, index=cache.index + x.shape[1])
