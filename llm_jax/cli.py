@@ -25,6 +25,44 @@ def _export_hf(args: argparse.Namespace) -> None:
     print(f"exported {args.checkpoint} -> {out}")
 
 
+def _generate(args: argparse.Namespace) -> None:
+    from llm_jax.infer.completion import complete
+    from llm_jax.infer.loading import load_model
+    from llm_jax.infer.sampling import SamplingOptions
+
+    options = SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                              stop=tuple(args.stop))
+    model = load_model(args.checkpoint)
+    completions = complete(model.generator(), model.tokenizer, args.prompt, options,
+                           chat=args.chat, system=args.system)
+    for prompt, completion in zip(args.prompt, completions):
+        if len(args.prompt) > 1:
+            print(f"### {prompt}")
+        print(completion.text if args.chat else prompt + completion.text)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import json
+
+    from llm_jax.eval.tasks import EvalOptions, check_task, run_task
+    from llm_jax.infer.loading import load_model
+
+    check_task(args.task)
+    options = EvalOptions(
+        data=tuple(args.data), limit=args.limit, batch_size=args.batch_size, window=args.window,
+        stride=args.stride, text_field=args.text_field, tfds_data_dir=args.tfds_data_dir,
+        num_fewshot=args.num_fewshot, fewshot_data=args.fewshot_data,
+        max_new_tokens=args.max_new_tokens)
+    results = {"task": args.task, "checkpoint": args.checkpoint,
+               **run_task(args.task, load_model(args.checkpoint), options)}
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="tiny", help="preset name in configs/ or a YAML path")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
@@ -43,6 +81,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
     p.add_argument("--out", required=True, help="directory to write (config.json, safetensors)")
     p.set_defaults(handler=_export_hf)
+
+    p = commands.add_parser("generate", help="continue prompts (or chat) with a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    p.add_argument("--prompt", required=True, action="append",
+                   help="text to continue; repeat for a batch of prompts")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 keeps every token")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 keeps every token")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--chat", action="store_true",
+                   help="treat each prompt as a user message and apply the chat template")
+    p.add_argument("--system", default=None, help="system message in --chat mode")
+    p.set_defaults(handler=_generate)
+
+    p = commands.add_parser("eval", help="perplexity, multiple choice or GSM8K of a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    p.add_argument("--task", default="perplexity",
+                   help="perplexity | multiple_choice | gsm8k")
+    p.add_argument("--data", action="append", default=[],
+                   help="text files or glob, jsonl:PATH, tfds:NAME[:SPLIT] (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="documents or examples per source")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--window", type=int, default=None,
+                   help="perplexity window in tokens (default: model.max_seq_len)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="tokens newly scored per window (default: the window)")
+    p.add_argument("--text-field", default="text", help="JSONL or TFDS field with the text")
+    p.add_argument("--tfds-data-dir", default=None)
+    p.add_argument("--num-fewshot", type=int, default=0)
+    p.add_argument("--fewshot-data", default=None, help="gsm8k: JSONL of worked examples")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k: per answer")
+    p.add_argument("--output", default=None, help="also write the results JSON here")
+    p.set_defaults(handler=_eval)
 
     return parser
 

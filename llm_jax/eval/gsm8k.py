@@ -1,0 +1,91 @@
+"""GSM8K: generate an answer until a stop string, then exact match on the final number.
+
+References end with `#### <number>`. The prompt and stop strings are lm-evaluation-harness'
+`gsm8k` task ("Question: ...\\nAnswer:", few-shot examples separated by blank lines). Two
+scores, as there: `strict` takes the number after "#### " in the generation, `flexible` the
+last number in it. Numbers are compared after removing commas, dollar signs and a final
+period.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+from llm_jax.errors import UserError
+from llm_jax.infer.completion import complete
+from llm_jax.infer.generator import Generator
+from llm_jax.infer.sampling import SamplingOptions
+from llm_jax.infer.tokenizers import Tokenizer
+
+STOP = ("Question:", "</s>", "<|im_end|>")
+STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+NUMBER = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+
+
+def load_problems(path: str | Path, limit: int | None = None) -> list[dict[str, str]]:
+    """JSONL lines {"question": str, "answer": str ending in "#### <number>"}."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"GSM8K data {path} does not exist")
+    problems = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            if "question" not in record or "answer" not in record:
+                raise UserError(f"{path}: GSM8K lines need 'question' and 'answer' fields")
+            problems.append(record)
+            if limit is not None and len(problems) >= limit:
+                break
+    return problems
+
+
+def normalize(answer: str) -> str:
+    answer = answer.strip().replace(",", "").replace("$", "")
+    return answer[:-1] if answer.endswith(".") else answer
+
+
+def strict_answer(text: str) -> str | None:
+    match = STRICT.search(text)
+    return normalize(match.group(1)) if match else None
+
+
+def flexible_answer(text: str) -> str | None:
+    matches = NUMBER.findall(text)
+    if not matches:
+        return None
+    return normalize(next(group for group in matches[-1] if group))
+
+
+def prompt(question: str, fewshot: Sequence[dict[str, str]] = ()) -> str:
+    shots = "".join(f"Question: {ex['question']}\nAnswer: {ex['answer']}\n\n" for ex in fewshot)
+    return f"{shots}Question: {question}\nAnswer:"
+
+
+def score_generations(generations: Sequence[str], problems: Sequence[dict[str, str]]
+                      ) -> dict[str, float]:
+    """Exact-match rates of generations against the problems' "#### n" answers."""
+    targets = [strict_answer(p["answer"]) for p in problems]
+    strict = [strict_answer(g) == t for g, t in zip(generations, targets)]
+    flexible = [flexible_answer(g) == t for g, t in zip(generations, targets)]
+    n = max(len(problems), 1)
+    return {"examples": len(problems), "exact_match_strict": sum(strict) / n,
+            "exact_match_flexible": sum(flexible) / n}
+
+
+def evaluate_gsm8k(generator: Generator, tokenizer: Tokenizer,
+                   problems: Sequence[dict[str, str]], fewshot: Sequence[dict[str, str]] = (),
+                   max_new_tokens: int = 256, batch_size: int = 8) -> dict[str, float]:
+    """Greedy generation, batched, then exact match."""
+    if not problems:
+        raise UserError("no GSM8K problems to evaluate")
+    options = SamplingOptions(max_new_tokens=max_new_tokens, stop=STOP)
+    generations = []
+    for start in range(0, len(problems), batch_size):
+        batch = problems[start:start + batch_size]
+        completions = complete(generator, tokenizer,
+                               [prompt(p["question"], fewshot) for p in batch], options)
+        generations.extend(c.text for c in completions)
+    return score_generations(generations, problems)

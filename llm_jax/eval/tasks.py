@@ -1,0 +1,83 @@
+"""The tasks `llm-jax eval` knows by name, each a function of a loaded model and options."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from llm_jax.errors import UserError
+from llm_jax.eval import gsm8k
+from llm_jax.eval.documents import read_documents
+from llm_jax.eval.loglikelihood import Scorer
+from llm_jax.eval.multiple_choice import evaluate_multiple_choice, load_choice_examples
+from llm_jax.eval.perplexity import evaluate_perplexity
+from llm_jax.infer.loading import LoadedModel
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    data: tuple[str, ...] = ()  # files, globs, jsonl:PATH or tfds:NAME[:SPLIT]
+    limit: int | None = None  # at most this many documents or examples per source
+    batch_size: int = 8
+    window: int | None = None  # perplexity: tokens per window (default: the model's context)
+    stride: int | None = None  # perplexity: tokens newly scored per window (default: window)
+    text_field: str = "text"
+    tfds_data_dir: str | None = None
+    num_fewshot: int = 0  # gsm8k: worked examples shown before each question
+    fewshot_data: str | None = None  # gsm8k: where the worked examples come from
+    max_new_tokens: int = 256  # gsm8k: generation budget per answer
+
+
+def _require_data(task: str, options: EvalOptions) -> tuple[str, ...]:
+    if not options.data:
+        raise UserError(f"task {task} needs --data (a file, glob, jsonl:PATH or tfds:NAME)")
+    return options.data
+
+
+def _scorer(model: LoadedModel, options: EvalOptions) -> Scorer:
+    return Scorer(model.config.model, model.params, batch_size=options.batch_size)
+
+
+def run_perplexity(model: LoadedModel, options: EvalOptions) -> dict[str, float]:
+    documents = [doc for spec in _require_data("perplexity", options)
+                 for doc in read_documents(spec, options.text_field, options.tfds_data_dir,
+                                           options.limit)]
+    if not documents:
+        raise UserError("the --data sources hold no documents")
+    return evaluate_perplexity(_scorer(model, options), model.tokenizer, documents,
+                               options.window, options.stride)
+
+
+def run_multiple_choice(model: LoadedModel, options: EvalOptions) -> dict[str, float]:
+    examples = [ex for path in _require_data("multiple_choice", options)
+                for ex in load_choice_examples(path, options.limit)]
+    return evaluate_multiple_choice(_scorer(model, options), model.tokenizer, examples)
+
+
+def run_gsm8k(model: LoadedModel, options: EvalOptions) -> dict[str, float]:
+    problems = [p for path in _require_data("gsm8k", options)
+                for p in gsm8k.load_problems(path, options.limit)]
+    fewshot = []
+    if options.num_fewshot:
+        if not options.fewshot_data:
+            raise UserError("--num-fewshot needs --fewshot-data (e.g. GSM8K's train split)")
+        fewshot = gsm8k.load_problems(options.fewshot_data, options.num_fewshot)
+    return gsm8k.evaluate_gsm8k(model.generator(), model.tokenizer, problems, fewshot,
+                                options.max_new_tokens, options.batch_size)
+
+
+TASKS: dict[str, Callable[[LoadedModel, EvalOptions], dict[str, float]]] = {
+    "perplexity": run_perplexity,
+    "multiple_choice": run_multiple_choice,
+    "gsm8k": run_gsm8k,
+}
+
+
+def check_task(name: str) -> None:
+    if name not in TASKS:
+        raise UserError(f"unknown task '{name}'; tasks: {', '.join(TASKS)}")
+
+
+def run_task(name: str, model: LoadedModel, options: EvalOptions) -> dict[str, float]:
+    check_task(name)
+    return TASKS[name](model, options)

@@ -1,0 +1,1 @@
+"""Generation with a KV cache: sampling, batched decoding, tokenizers and chat prompts."""
