@@ -93,12 +93,12 @@ def train_sentencepiece(out_file: Path, vocab_size: int = 96) -> Path:
 
 
 OWN_MODEL = ModelConfig(vocab_size=96, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                        mlp_dim=64, max_seq_len=64, init_std=0.2)
+                        mlp_dim=64, max_seq_len=128, init_std=0.2)
 
 
 def own_checkpoint(path: Path, with_tokenizer: bool = True) -> Path:
     """Our layout: config.yaml, checkpoints/0/params, tokenizer/tokenizer.model."""
-    config = Config(run_dir=str(path), model=OWN_MODEL, data=DataConfig(seq_len=64))
+    config = Config(run_dir=str(path), model=OWN_MODEL, data=DataConfig(seq_len=128))
     checkpoint.save_params(path, config, init_params(OWN_MODEL, jax.random.key(0)))
     if with_tokenizer:
         train_sentencepiece(path / checkpoint.TOKENIZER_DIR / "tokenizer.model")

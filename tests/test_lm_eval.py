@@ -1,0 +1,149 @@
+"""lm-evaluation-harness runs our checkpoints, offline, with the numbers of our own eval.
+
+The harness is driven through its real command line (`python -m llm_jax.eval.lm_eval_main`,
+i.e. `lm_eval` with our model registered) on local YAML tasks over JSONL files: one
+multiple-choice task (acc, acc_norm), one rolling log-likelihood task (bits per byte, word
+and byte perplexity) and one generate-until task.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lm_eval", reason="lm-eval is the [eval] extra: pip install -e .[eval]")
+
+from checkpoint_factory import TEXT, own_checkpoint  # noqa: E402
+
+from llm_jax.eval.gsm8k import prompt as gsm8k_prompt  # noqa: E402
+from llm_jax.eval.tasks import EvalOptions, run_task  # noqa: E402
+from llm_jax.infer.completion import complete  # noqa: E402
+from llm_jax.infer.loading import load_model  # noqa: E402
+from llm_jax.infer.sampling import SamplingOptions  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHOICES = [
+    {"query": "The early bird catches the", "choices": ["worm", "cloud", "stitch in time"], "gold": 0},
+    {"query": "Actions speak louder than", "choices": ["gold", "words"], "gold": 1},
+    {"query": "Birds of a feather flock", "choices": ["together", "apart", "over the lazy dog"], "gold": 0},
+    {"query": "Honesty is the best", "choices": ["policy", "power", "bird"], "gold": 0},
+    {"query": "Knowledge is", "choices": ["nine", "power"], "gold": 1},
+    {"query": "Practice makes", "choices": ["perfect", "the bold", "worm"], "gold": 0},
+]
+DOCUMENTS = [{"text": TEXT}, {"text": TEXT * 3}, {"text": "Fortune favours the bold."}]
+QUESTIONS = [{"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = 7\n#### 7"},
+             {"question": "A stitch saves how many?", "answer": "#### 9"}]
+
+TASK_YAML = """\
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+{body}
+"""
+MC_BODY = """\
+output_type: multiple_choice
+doc_to_text: "{{query}}"
+doc_to_choice: "{{choices}}"
+doc_to_target: "{{gold}}"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+ROLLING_BODY = """\
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{text}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+"""
+GENERATE_BODY = """\
+output_type: generate_until
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_target: "{{answer}}"
+generation_kwargs:
+  until: ["Question:", "</s>", "<|im_end|>"]
+  do_sample: false
+  max_gen_toks: 12
+metric_list:
+  - metric: exact_match
+"""
+
+
+def _jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def harness_run(tmp_path_factory):
+    """One `lm_eval` command-line run over three local tasks; its results JSON and samples."""
+    root = tmp_path_factory.mktemp("lm_eval")
+    ckpt = own_checkpoint(root / "ckpt")
+    tasks = root / "tasks"
+    tasks.mkdir()
+    for name, rows, body in [("llmjax_mc", CHOICES, MC_BODY),
+                             ("llmjax_rolling", DOCUMENTS, ROLLING_BODY),
+                             ("llmjax_generate", QUESTIONS, GENERATE_BODY)]:
+        data = _jsonl(root / f"{name}.jsonl", rows)
+        (tasks / f"{name}.yaml").write_text(TASK_YAML.format(name=name, data=data, body=body))
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           "HF_HOME": str(root / "hf_home"), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    out = root / "results"
+    command = [sys.executable, "-m", "llm_jax.eval.lm_eval_main", "--model", "llm_jax",
+               "--model_args", f"checkpoint={ckpt}", "--tasks",
+               "llmjax_mc,llmjax_rolling,llmjax_generate", "--include_path", str(tasks),
+               "--batch_size", "4", "--output_path", str(out), "--log_samples"]
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results_file = next(out.rglob("results_*.json"))
+    samples = {path.name.split("_")[1] + "_" + path.name.split("_")[2]: path
+               for path in out.rglob("samples_*.jsonl")}
+    return ckpt, root, json.loads(results_file.read_text())["results"], samples
+
+
+@pytest.fixture(scope="module")
+def own_model(harness_run):
+    return load_model(harness_run[0])
+
+
+def test_multiple_choice_accuracy_equals_our_eval(harness_run, own_model):
+    _, root, results, _ = harness_run
+    ours = run_task("multiple_choice", own_model,
+                    EvalOptions(data=(str(root / "llmjax_mc.jsonl"),), batch_size=4))
+    theirs = results["llmjax_mc"]
+    assert ours["examples"] == len(CHOICES)
+    assert theirs["acc,none"] == pytest.approx(ours["acc"], abs=1e-9)
+    assert theirs["acc_norm,none"] == pytest.approx(ours["acc_norm"], abs=1e-9)
+    assert theirs["acc_stderr,none"] == pytest.approx(ours["acc_stderr"], rel=1e-6)
+
+
+def test_rolling_perplexity_and_bits_per_byte_equal_our_eval(harness_run, own_model):
+    _, root, results, _ = harness_run
+    ours = run_task("perplexity", own_model,
+                    EvalOptions(data=(f"jsonl:{root / 'llmjax_rolling.jsonl'}",), batch_size=4))
+    theirs = results["llmjax_rolling"]
+    assert ours["documents"] == len(DOCUMENTS)
+    for metric in ("bits_per_byte", "byte_perplexity", "word_perplexity"):
+        assert theirs[f"{metric},none"] == pytest.approx(ours[metric], rel=1e-6), metric
+
+
+def test_generate_until_equals_our_generation(harness_run, own_model):
+    *_, samples = harness_run
+    logged = [json.loads(line) for line in samples["llmjax_generate"].read_text().splitlines()]
+    logged.sort(key=lambda s: s["doc_id"])
+    options = SamplingOptions(max_new_tokens=12, stop=("Question:", "</s>", "<|im_end|>"))
+    prompts = [gsm8k_prompt(q["question"]) for q in QUESTIONS]
+    # Short enough that the harness' left truncation (context - max_gen_toks) keeps them whole.
+    assert max(len(own_model.tokenizer.encode(p)) for p in prompts) < 128 - 12
+    ours = complete(own_model.generator(), own_model.tokenizer, prompts, options)
+    assert [s["resps"][0][0] for s in logged] == [c.text for c in ours]
