@@ -16,7 +16,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
 from llm_jax.config import Config, ConfigError, MeshConfig
-from llm_jax.parallel.rules import MESH_AXES
+from llm_jax.parallel.rules import MESH_AXES, axis_rules
 
 
 def mesh_shape(mesh: MeshConfig, device_count: int) -> dict[str, int]:
@@ -84,6 +84,7 @@ def _device_grid(mesh: MeshConfig, sizes: dict[str, int], devices) -> np.ndarray
 def make_mesh(config: Config, devices=None) -> Mesh:
     """The run's mesh over all devices of all processes, after checking the run fits it."""
     devices = list(devices if devices is not None else jax.devices())
+    axis_rules(config.mesh.rules)  # fails early on a malformed mesh.rules
     sizes = mesh_shape(config.mesh, len(devices))
     check_fits_mesh(config, sizes)
     return Mesh(_device_grid(config.mesh, sizes, devices), MESH_AXES)

@@ -58,7 +58,7 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation,
         denominator = jnp.maximum(sums["denominator"], 1.0)
         loss = numerator / denominator
         grads = jax.tree.map(lambda g: g / denominator, grads)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

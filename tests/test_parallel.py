@@ -1,0 +1,118 @@
+"""Sharded runs on 8 simulated devices compute what the single-device run computes."""
+
+import jax
+import numpy as np
+import pytest
+
+from llm_jax.config import ConfigError, load_config
+from llm_jax.parallel.mesh import make_mesh
+from llm_jax.parallel.rules import axis_rules
+from llm_jax.parallel.sharding import (batch_sharding, create_train_state, jit_train_step,
+                                       sharding_context)
+from llm_jax.train.forward import make_forward
+from llm_jax.train.objectives import make_objective
+from llm_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from llm_jax.train.step import accumulate_gradients, make_train_step
+
+BASE = ["model.vocab_size=256", "model.d_model=64", "model.num_layers=4", "model.num_heads=4",
+        "model.num_kv_heads=2", "model.mlp_dim=128", "data.seq_len=32", "train.batch_size=16",
+        "train.steps=5", "optimizer.warmup_steps=1", "optimizer.lr=1e-2"]
+
+
+def batches(count=5, rows=16, length=32, vocab=256):
+    rng = np.random.RandomState(0)
+    for _ in range(count):
+        tokens = rng.randint(0, vocab, (rows, length + 1)).astype(np.int32)
+        # Two packed documents per row, to exercise segment masking under sharding.
+        segments = np.where(np.arange(length) < 20, 1, 2).astype(np.int32)[None].repeat(rows, 0)
+        positions = np.where(segments == 1, np.arange(length), np.arange(length) - 20)
+        yield {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+               "positions": positions.astype(np.int32), "segment_ids": segments,
+               "loss_mask": (np.arange(length) != 19).astype(np.float32)[None].repeat(rows, 0)}
+
+
+def run(overrides, devices):
+    config = load_config("tiny", BASE + overrides)
+    mesh = make_mesh(config, jax.devices()[:devices])
+    rules = axis_rules(config.mesh.rules)
+    tx = make_optimizer(config.optimizer, config.train.steps)
+    state, shardings = create_train_state(config, mesh, tx, jax.random.key(0))
+    objective = make_objective(config, make_forward(config, mesh))
+    microbatches = 1 if mesh.shape["pipe"] > 1 else config.train.microbatches
+    data = batch_sharding(mesh, rules)
+    first = jax.device_put(next(batches(1)), data)
+
+    @jax.jit
+    def gradients(params, batch):
+        numerator, sums, grads = accumulate_gradients(objective, params, batch, microbatches)
+        return numerator / sums["denominator"], jax.tree.map(
+            lambda g: g / sums["denominator"], grads)
+
+    with sharding_context(mesh, rules):
+        loss, grads = jax.device_get(gradients(state.params, first))
+    step = jit_train_step(
+        make_train_step(objective, tx, learning_rate_schedule(config.optimizer, 5), microbatches),
+        config, mesh, shardings)
+    losses = []
+    for batch in batches():
+        state, metrics = step(state, jax.device_put(batch, data))
+        losses.append(float(metrics["loss"]))
+    return loss, grads, losses
+
+
+@pytest.fixture(scope="module")
+def single_device():
+    return run(["mesh.fsdp=1"], 1)
+
+
+MESHES = {
+    "data=8": ["mesh.data=8", "mesh.fsdp=1"],
+    "fsdp=8": ["mesh.fsdp=8"],
+    "fsdp=4,tensor=2": ["mesh.fsdp=4", "mesh.tensor=2"],
+    "data=4,pipe=2": ["mesh.data=4", "mesh.fsdp=1", "mesh.pipe=2", "train.microbatches=2"],
+    "tensor=2,pipe=4": ["mesh.fsdp=1", "mesh.tensor=2", "mesh.pipe=4", "train.microbatches=4"],
+    "data=2,fsdp=2,tensor=2": ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"],
+    "accumulate=4 on 1 device": ["mesh.fsdp=1", "train.microbatches=4"],
+}
+
+
+@pytest.mark.parametrize("name", MESHES)
+def test_sharded_run_matches_single_device(single_device, name):
+    devices = 1 if "1 device" in name else 8
+    loss, grads, losses = run(MESHES[name], devices)
+    ref_loss, ref_grads, ref_losses = single_device
+    np.testing.assert_allclose(loss, ref_loss, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads, ref_grads)
+    np.testing.assert_allclose(losses, ref_losses, atol=1e-5)
+    assert len(set(losses)) > 1  # the parameters did move
+
+
+def test_fsdp_shards_weights_and_optimizer_state():
+    config = load_config("tiny", BASE + ["mesh.fsdp=8"])
+    mesh = make_mesh(config)
+    tx = make_optimizer(config.optimizer, 5)
+    state, _ = create_train_state(config, mesh, tx, jax.random.key(0))
+    adam = state.opt_state[1][0]
+    checked = 0
+    for tree in (state.params, adam.mu, adam.nu):
+        for leaf in jax.tree.leaves(tree):
+            if leaf.size >= 64 * 64:
+                shard = leaf.addressable_shards[0].data
+                assert shard.size * 8 == leaf.size, leaf.shape
+                checked += 1
+    assert checked >= 3 * 8
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["mesh.data=3", "mesh.fsdp=1"], "= 3 devices, but this run has 8"),
+    (["mesh.fsdp=-1", "mesh.tensor=3"], "cannot fill 8 devices"),
+    (["mesh.fsdp=1", "mesh.tensor=8"], "model.num_heads=4 is not divisible by mesh.tensor=8"),
+    (["mesh.fsdp=2", "mesh.tensor=4"], "model.num_kv_heads=2 is not divisible by mesh.tensor=4"),
+    (["mesh.fsdp=1", "mesh.pipe=8"], "model.num_layers=4 is not divisible by mesh.pipe=8"),
+    (["mesh.fsdp=8", "train.batch_size=12", "train.microbatches=1"],
+     r"train.batch_size=12 is not divisible by mesh.data x mesh.fsdp x train.microbatches"),
+    (["mesh.rules=embed:fsdpp"], "unknown mesh axis fsdpp"),
+])
+def test_impossible_meshes_fail_with_what_to_change(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        make_mesh(load_config("tiny", BASE + overrides))
