@@ -63,6 +63,13 @@ def _eval(args: argparse.Namespace) -> None:
             f.write(text + "\n")
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from llm_jax.config import load_config
+    from llm_jax.parallel.plan import plan
+
+    print(plan(load_config(args.config, args.overrides), args.slice, not args.no_compile))
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="tiny", help="preset name in configs/ or a YAML path")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
@@ -116,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k: per answer")
     p.add_argument("--output", default=None, help="also write the results JSON here")
     p.set_defaults(handler=_eval)
+
+    p = commands.add_parser("plan", help="memory and FLOPs per device for a config and slice")
+    _add_config_args(p)
+    p.add_argument("--slice", default="", help="target, e.g. v5p-128, v5e-256, h100-8 "
+                   "(default: this process's devices)")
+    p.add_argument("--no-compile", action="store_true", help="skip the ahead-of-time compile")
+    p.set_defaults(handler=_plan)
 
     return parser
 

@@ -1,0 +1,194 @@
+"""`llm-jax plan`: will this config fit that slice? Answered without allocating anything.
+
+Parameter and optimizer bytes per device come from `jax.eval_shape` of the real train state
+and the real sharding rules; activation bytes from the formulas of Korthikanti et al. 2022
+("Reducing Activation Recomputation in Large Transformer Models"), adapted to GQA and SwiGLU.
+When this process has the slice's devices, the step is also compiled ahead of time and XLA's
+own memory analysis is printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import PartitionSpec
+
+from llm_jax.config import Config, ConfigError
+from llm_jax.parallel.mesh import check_fits_mesh, mesh_shape
+from llm_jax.parallel.rules import axis_rules
+from llm_jax.parallel.sharding import abstract_train_state
+from llm_jax.train.flops import flops_per_token
+from llm_jax.train.optimizer import make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    name: str
+    hbm_bytes: float
+    peak_flops: float  # dense bf16
+    cores_per_chip: int  # a TPU slice's name counts TensorCores
+
+
+CHIPS = {
+    "v5e": Chip("TPU v5e", 16 * 2**30, 197e12, 1),
+    "v5p": Chip("TPU v5p", 95 * 2**30, 459e12, 2),
+    "v6e": Chip("TPU v6e", 32 * 2**30, 918e12, 1),
+    "h100": Chip("NVIDIA H100 80GB", 80 * 2**30, 989e12, 1),
+}
+# XLA needs headroom beyond what this plan counts (fragmentation, collectives' buffers).
+USABLE_FRACTION = 0.9
+
+
+def parse_slice(text: str) -> tuple[Chip, int]:
+    """`v5p-128` (a TPU slice, counted in TensorCores), `v5e-256`, `h100-8` -> (chip, chips)."""
+    match = re.fullmatch(r"([a-z0-9]+)-(\d+)", text.lower())
+    if not match or match.group(1) not in CHIPS:
+        raise ConfigError(f"--slice {text!r} must look like NAME-COUNT with NAME one of "
+                          f"{', '.join(CHIPS)} (e.g. v5p-128, v5e-256, h100-8)")
+    chip = CHIPS[match.group(1)]
+    cores = int(match.group(2))
+    if cores % chip.cores_per_chip:
+        raise ConfigError(f"{text}: a {chip.name} chip has {chip.cores_per_chip} cores")
+    return chip, cores // chip.cores_per_chip
+
+
+def _shard_factor(spec: PartitionSpec, rules: dict[str, Any], sizes: dict[str, int]) -> int:
+    factor = 1
+    for name in spec:
+        target = rules.get(name) if name else None
+        for axis in (target,) if isinstance(target, str) else (target or ()):
+            factor *= sizes[axis]
+    return factor
+
+
+def state_bytes_per_device(config: Config, sizes: dict[str, int]) -> tuple[float, float, int]:
+    """(parameter bytes, optimizer-state bytes, parameter count) on one device."""
+    tx = make_optimizer(config.optimizer, config.train.steps)
+    abstract, specs = abstract_train_state(config, tx)
+    rules = dict(axis_rules(config.mesh.rules))
+    is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+
+    def per_device(tree, spec_tree) -> float:
+        leaves = jax.tree.leaves(tree)
+        spec_leaves = jax.tree.leaves(spec_tree, is_leaf=is_spec)
+        return sum(leaf.size * leaf.dtype.itemsize / _shard_factor(spec, rules, sizes)
+                   for leaf, spec in zip(leaves, spec_leaves))
+
+    params = per_device(abstract.params, specs.params)
+    opt = per_device(abstract.opt_state, specs.opt_state)
+    count = sum(leaf.size for leaf in jax.tree.leaves(abstract.params))
+    return params, opt, count
+
+
+def activation_bytes_per_device(config: Config, sizes: dict[str, int]) -> float:
+    """Saved activations for the backward pass, per device, for one microbatch in flight
+    (times the stages' microbatches in flight under a pipeline), plus the fp32 logits."""
+    m, t = config.model, config.data.seq_len
+    rows = config.train.batch_size / (sizes["data"] * sizes["fsdp"] * config.train.microbatches)
+    tp = sizes["tensor"]
+    width = 2 if m.dtype == "bfloat16" else 4
+    d, heads, hd = m.d_model, m.num_heads, m.resolved_head_dim
+    kv = m.num_kv_heads * hd
+    tokens = rows * t
+    if m.remat == "full":
+        per_layer = tokens * d * width  # only each block's input is kept
+    else:
+        matmul_outputs = tokens * (heads * hd + 2 * kv + d + (3 if m.mlp == "swiglu" else 2)
+                                   * m.mlp_dim) * width / tp
+        attention_scores = rows * heads * t * t * 4 / tp  # fp32 probabilities
+        norms_and_inputs = 4 * tokens * d * width
+        per_layer = matmul_outputs + norms_and_inputs
+        if m.remat in ("none", "dots"):
+            per_layer += attention_scores
+        if m.remat == "none":
+            per_layer += tokens * m.mlp_dim * width / tp  # activation function inputs
+    layers_here = m.num_layers / sizes["pipe"]
+    in_flight = min(config.train.microbatches, sizes["pipe"]) if sizes["pipe"] > 1 else 1
+    logits = tokens * m.vocab_size * 4 / tp * 2  # logits and their gradient, fp32
+    return per_layer * layers_here * in_flight + logits
+
+
+def plan(config: Config, slice_name: str = "", compile_step: bool = True) -> str:
+    """A human-readable report; see the module docstring."""
+    chip, chips = parse_slice(slice_name) if slice_name else (None, jax.device_count())
+    sizes = mesh_shape(config.mesh, chips)
+    check_fits_mesh(config, sizes)
+    params, opt, count = state_bytes_per_device(config, sizes)
+    acts = activation_bytes_per_device(config, sizes)
+    total = params + opt + acts
+    seq = config.data.seq_len
+    flops = flops_per_token(config.model, seq)
+    gib = lambda b: f"{b / 2**30:,.2f} GiB"  # noqa: E731
+    lines = [
+        f"model: {count / 1e9:.3f}B parameters, {config.model.num_layers} layers, "
+        f"d_model {config.model.d_model}, seq_len {seq}, dtype {config.model.dtype}, "
+        f"remat {config.model.remat}",
+        f"mesh: {chips} devices = " + " x ".join(f"{a}={s}" for a, s in sizes.items()),
+        f"global batch {config.train.batch_size} x {seq} tokens, "
+        f"{config.train.microbatches} microbatch(es)",
+        f"per device: params {gib(params)}, optimizer state {gib(opt)}, "
+        f"activations ~{gib(acts)} (estimate), total ~{gib(total)}",
+        f"FLOPs per token: {flops:.3e} (6N + 12·L·d·T, non-causal attention)",
+    ]
+    if chip is not None:
+        usable = chip.hbm_bytes * USABLE_FRACTION
+        verdict = "fits" if total <= usable else "does NOT fit"
+        step_time = flops * config.train.batch_size * seq / (chips * chip.peak_flops)
+        lines.append(f"{chip.name}: {gib(chip.hbm_bytes)} HBM per chip; {verdict} "
+                     f"({total / chip.hbm_bytes:.0%} of HBM, {USABLE_FRACTION:.0%} usable)")
+        lines.append(f"step time at 100% MFU: {step_time:.2f} s; at 50%: {2 * step_time:.2f} s")
+    if compile_step and chips == jax.device_count():
+        lines.append(_compiled_memory(config))
+    elif compile_step:
+        lines.append(f"(ahead-of-time compile skipped: this process has {jax.device_count()} "
+                     f"devices, the plan is for {chips})")
+    return "\n".join(lines)
+
+
+def _compiled_memory(config: Config) -> str:
+    """Compiles the real train step for abstract inputs and reports XLA's memory analysis."""
+    from llm_jax.parallel.mesh import make_mesh
+    from llm_jax.parallel.sharding import (batch_sharding, jit_train_step,
+                                           logical_to_shardings, sharding_context)
+    from llm_jax.model.params import init_boxed_params
+    from llm_jax.train.forward import make_forward
+    from llm_jax.train.objectives import make_objective
+    from llm_jax.train.optimizer import learning_rate_schedule
+    from llm_jax.train.state import TrainState
+    from llm_jax.train.step import make_train_step
+
+    mesh = make_mesh(config)
+    rules = axis_rules(config.mesh.rules)
+    tx = make_optimizer(config.optimizer, config.train.steps)
+    boxed = jax.eval_shape(
+        lambda: TrainState.create(init_boxed_params(config.model, jax.random.key(0)), tx))
+    shardings = logical_to_shardings(boxed, mesh, rules)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            nn.unbox(boxed), shardings)
+    pipelined = mesh.shape["pipe"] > 1
+    step = jit_train_step(
+        make_train_step(make_objective(config, make_forward(config, mesh)), tx,
+                        learning_rate_schedule(config.optimizer, config.train.steps),
+                        1 if pipelined else config.train.microbatches),
+        config, mesh, shardings)
+    data = batch_sharding(mesh, rules)
+    shape = (config.train.batch_size, config.data.seq_len)
+    batch = {name: jax.ShapeDtypeStruct(shape, np.float32 if name == "loss_mask" else np.int32,
+                                        sharding=data)
+             for name in ("inputs", "targets", "positions", "segment_ids", "loss_mask")}
+    with sharding_context(mesh, rules):
+        compiled = step.jitted.lower(abstract, batch).compile()
+    memory = compiled.memory_analysis()
+    if memory is None:
+        return "compiled the step ahead of time (no memory analysis on this backend)"
+    used = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+            + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+    return (f"compiled the step ahead of time: XLA reports {used / 2**30:,.2f} GiB per device "
+            f"(arguments {memory.argument_size_in_bytes / 2**30:,.2f}, temporaries "
+            f"{memory.temp_size_in_bytes / 2**30:,.2f})")
+
