@@ -6,13 +6,10 @@ import pytest
 
 from llm_jax.config import ConfigError, load_config
 from llm_jax.parallel.mesh import make_mesh
-from llm_jax.parallel.rules import axis_rules
-from llm_jax.parallel.sharding import (batch_sharding, create_train_state, jit_train_step,
-                                       sharding_context)
-from llm_jax.train.forward import make_forward
-from llm_jax.train.objectives import make_objective
-from llm_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from llm_jax.train.step import accumulate_gradients, make_train_step
+from llm_jax.parallel.sharding import create_train_state, sharding_context
+from llm_jax.train.build import build_training
+from llm_jax.train.optimizer import make_optimizer
+from llm_jax.train.step import accumulate_gradients
 
 BASE = ["model.vocab_size=256", "model.d_model=64", "model.num_layers=4", "model.num_heads=4",
         "model.num_kv_heads=2", "model.mlp_dim=128", "data.seq_len=32", "train.batch_size=16",
@@ -33,29 +30,22 @@ def batches(count=5, rows=16, length=32, vocab=256):
 
 def run(overrides, devices):
     config = load_config("tiny", BASE + overrides)
-    mesh = make_mesh(config, jax.devices()[:devices])
-    rules = axis_rules(config.mesh.rules)
-    tx = make_optimizer(config.optimizer, config.train.steps)
-    state, shardings = create_train_state(config, mesh, tx, jax.random.key(0))
-    objective = make_objective(config, make_forward(config, mesh))
-    microbatches = 1 if mesh.shape["pipe"] > 1 else config.train.microbatches
-    data = batch_sharding(mesh, rules)
-    first = jax.device_put(next(batches(1)), data)
+    training = build_training(config, make_mesh(config, jax.devices()[:devices]),
+                              jax.random.key(0))
+    first = training.put_batch(next(batches(1)))
 
     @jax.jit
     def gradients(params, batch):
-        numerator, sums, grads = accumulate_gradients(objective, params, batch, microbatches)
+        numerator, sums, grads = accumulate_gradients(
+            training.objective, params, batch, training.microbatches_in_step)
         return numerator / sums["denominator"], jax.tree.map(
             lambda g: g / sums["denominator"], grads)
 
-    with sharding_context(mesh, rules):
-        loss, grads = jax.device_get(gradients(state.params, first))
-    step = jit_train_step(
-        make_train_step(objective, tx, learning_rate_schedule(config.optimizer, 5), microbatches),
-        config, mesh, shardings)
-    losses = []
+    with sharding_context(training.mesh, training.rules):
+        loss, grads = jax.device_get(gradients(training.state.params, first))
+    state, losses = training.state, []
     for batch in batches():
-        state, metrics = step(state, jax.device_put(batch, data))
+        state, metrics = training.step(state, training.put_batch(batch))
         losses.append(float(metrics["loss"]))
     return loss, grads, losses
 

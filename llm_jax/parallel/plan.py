@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec
 from llm_jax.config import Config, ConfigError
 from llm_jax.parallel.mesh import check_fits_mesh, mesh_shape
 from llm_jax.parallel.rules import axis_rules
-from llm_jax.parallel.sharding import abstract_train_state
+from llm_jax.parallel.sharding import abstract_train_state, sharding_context
 from llm_jax.train.flops import flops_per_token
 from llm_jax.train.optimizer import make_optimizer
 
@@ -153,30 +153,16 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True) -> str
 def _compiled_memory(config: Config) -> str:
     """Compiles the real train step for abstract inputs and reports XLA's memory analysis."""
     from llm_jax.parallel.mesh import make_mesh
-    from llm_jax.parallel.sharding import (batch_sharding, jit_train_step,
-                                           logical_to_shardings, sharding_context)
-    from llm_jax.model.params import init_boxed_params
-    from llm_jax.train.forward import make_forward
-    from llm_jax.train.objectives import make_objective
-    from llm_jax.train.optimizer import learning_rate_schedule
-    from llm_jax.train.state import TrainState
-    from llm_jax.train.step import make_train_step
+    from llm_jax.train.build import compile_step_for
 
     mesh = make_mesh(config)
-    rules = axis_rules(config.mesh.rules)
     tx = make_optimizer(config.optimizer, config.train.steps)
-    boxed = jax.eval_shape(
-        lambda: TrainState.create(init_boxed_params(config.model, jax.random.key(0)), tx))
-    shardings = logical_to_shardings(boxed, mesh, rules)
+    abstract, specs = abstract_train_state(config, tx)
+    rules = axis_rules(config.mesh.rules)
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            nn.unbox(boxed), shardings)
-    pipelined = mesh.shape["pipe"] > 1
-    step = jit_train_step(
-        make_train_step(make_objective(config, make_forward(config, mesh)), tx,
-                        learning_rate_schedule(config.optimizer, config.train.steps),
-                        1 if pipelined else config.train.microbatches),
-        config, mesh, shardings)
-    data = batch_sharding(mesh, rules)
+                            abstract, shardings)
+    step, data = compile_step_for(config, mesh, tx, shardings)
     shape = (config.train.batch_size, config.data.seq_len)
     batch = {name: jax.ShapeDtypeStruct(shape, np.float32 if name == "loss_mask" else np.int32,
                                         sharding=data)
@@ -191,4 +177,3 @@ def _compiled_memory(config: Config) -> str:
     return (f"compiled the step ahead of time: XLA reports {used / 2**30:,.2f} GiB per device "
             f"(arguments {memory.argument_size_in_bytes / 2**30:,.2f}, temporaries "
             f"{memory.temp_size_in_bytes / 2**30:,.2f})")
-

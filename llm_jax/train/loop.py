@@ -26,14 +26,13 @@ from llm_jax.parallel.distributed import initialize_distributed
 from llm_jax.parallel.mesh import make_mesh
 from llm_jax.parallel.pipeline import bubble_fraction
 from llm_jax.parallel.rules import axis_rules
-from llm_jax.parallel.sharding import batch_sharding, create_train_state, jit_train_step
+from llm_jax.parallel.sharding import sharding_context
 from llm_jax.train import checkpoint
 from llm_jax.train.flops import flops_per_token, peak_flops_per_device
 from llm_jax.train.forward import make_forward
+from llm_jax.train.build import build_training
+from llm_jax.train.losses import cross_entropy_sums
 from llm_jax.train.metrics import MetricsLogger
-from llm_jax.train.objectives import make_objective
-from llm_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from llm_jax.train.step import make_train_step
 
 
 @dataclasses.dataclass
@@ -100,11 +99,8 @@ def evaluate(eval_step, state, batches: Iterator[dict], sharding, steps: int,
     return result
 
 
-def _make_eval_step(config: Config, mesh, state_shardings):
-    from llm_jax.train.losses import cross_entropy_sums
-    from llm_jax.parallel.sharding import sharding_context
-
-    forward = make_forward(config)
+def _make_eval_step(config: Config, mesh):
+    forward = make_forward(config, mesh)
     rules = axis_rules(config.mesh.rules)
 
     @jax.jit
@@ -127,20 +123,14 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
     initialize_distributed()
     run_dir = Path(config.run_dir).absolute()
     mesh = make_mesh(config)
-    rules = axis_rules(config.mesh.rules)
     save_config(config, run_dir / checkpoint.CONFIG_FILE)
 
     total_steps = config.train.steps
-    tx = make_optimizer(config.optimizer, total_steps)
-    schedule = learning_rate_schedule(config.optimizer, total_steps)
-    state, shardings = create_train_state(config, mesh, tx, jax.random.key(config.seed))
+    training = build_training(config, mesh)
+    state, shardings, step_fn = training.state, training.shardings, training.step
     pipelined = mesh.shape["pipe"] > 1
-    step_fn = jit_train_step(
-        make_train_step(make_objective(config, make_forward(config, mesh)), tx, schedule,
-                        1 if pipelined else config.train.microbatches),
-        config, mesh, shardings)
-    eval_fn = _make_eval_step(config, mesh, shardings)
-    sharding = batch_sharding(mesh, rules)
+    eval_fn = _make_eval_step(config, mesh)
+    sharding = training.batch_sharding
 
     manager = checkpoint.checkpoint_manager(run_dir, keep=config.checkpoint.keep,
                                             async_save=config.checkpoint.async_save)
