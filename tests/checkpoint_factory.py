@@ -99,7 +99,8 @@ OWN_MODEL = ModelConfig(vocab_size=96, d_model=32, num_layers=2, num_heads=4, nu
 def own_checkpoint(path: Path, with_tokenizer: bool = True) -> Path:
     """Our layout: config.yaml, checkpoints/0/params, tokenizer/tokenizer.model."""
     config = Config(run_dir=str(path), model=OWN_MODEL, data=DataConfig(seq_len=128))
-    checkpoint.save_params(path, config, init_params(OWN_MODEL, jax.random.key(0)))
+    params = jax.jit(init_params, static_argnums=0)(OWN_MODEL, jax.random.key(0))  # eager: slow
+    checkpoint.save_params(path, config, params)
     if with_tokenizer:
         train_sentencepiece(path / checkpoint.TOKENIZER_DIR / "tokenizer.model")
     return path

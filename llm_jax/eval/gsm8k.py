@@ -78,14 +78,23 @@ def score_generations(generations: Sequence[str], problems: Sequence[dict[str, s
 def evaluate_gsm8k(generator: Generator, tokenizer: Tokenizer,
                    problems: Sequence[dict[str, str]], fewshot: Sequence[dict[str, str]] = (),
                    max_new_tokens: int = 256, batch_size: int = 8) -> dict[str, float]:
-    """Greedy generation, batched, then exact match."""
+    """Greedy generation, batched, then exact match.
+
+    As in lm-evaluation-harness, prompts longer than the context minus `max_new_tokens` keep
+    only their end; `truncated_prompts` counts them.
+    """
     if not problems:
         raise UserError("no GSM8K problems to evaluate")
+    room = generator.config.max_seq_len - max_new_tokens
+    if room < 1:
+        raise UserError(f"--max-new-tokens={max_new_tokens} leaves no room for a question in "
+                        f"the model's context of {generator.config.max_seq_len} tokens")
     options = SamplingOptions(max_new_tokens=max_new_tokens, stop=STOP)
+    prompts = [prompt(p["question"], fewshot) for p in problems]
+    truncated = sum(len(tokenizer.encode(text, bos=True)) > room for text in prompts)
     generations = []
-    for start in range(0, len(problems), batch_size):
-        batch = problems[start:start + batch_size]
-        completions = complete(generator, tokenizer,
-                               [prompt(p["question"], fewshot) for p in batch], options)
+    for start in range(0, len(prompts), batch_size):
+        completions = complete(generator, tokenizer, prompts[start:start + batch_size], options,
+                               max_prompt_tokens=room)
         generations.extend(c.text for c in completions)
-    return score_generations(generations, problems)
+    return {**score_generations(generations, problems), "truncated_prompts": truncated}

@@ -27,6 +27,17 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
+def continuation_text(tokenizer: Tokenizer, prompt: Sequence[int], new: Sequence[int]) -> str:
+    """The text that `new` adds after `prompt`.
+
+    Decoding the new tokens alone would lose the space that SentencePiece and word-level
+    tokenizers attach to a word, so the prompt is decoded with them and its text removed.
+    """
+    before = tokenizer.decode(prompt)
+    after = tokenizer.decode(list(prompt) + list(new))
+    return after[len(before):] if after.startswith(before) else tokenizer.decode(new)
+
+
 def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str], chat: bool = False,
                    system: str | None = None) -> tuple[list[list[int]], tuple[str, ...]]:
     """Token prompts (BOS first where the tokenizer has one) and the stop strings chat adds."""
@@ -58,15 +69,15 @@ def complete(generator: Generator, tokenizer: Tokenizer, prompts: Sequence[str],
     stop = tuple(options.stop) + chat_stop
     eos = set(tokenizer.eos_ids)
 
-    def should_stop(_: int, tokens: list[int]) -> bool:
-        return cut_at_stop(tokenizer.decode(tokens), stop)[1]
+    def should_stop(row: int, tokens: list[int]) -> bool:
+        return cut_at_stop(continuation_text(tokenizer, encoded[row], tokens), stop)[1]
 
     results = generator.generate(encoded, options, should_stop if stop else None)
     completions = []
-    for tokens in results:
+    for prompt, tokens in zip(encoded, results):
         ended = bool(tokens) and tokens[-1] in eos
         body = tokens[:-1] if ended else tokens
-        text, stopped = cut_at_stop(tokenizer.decode(body), stop)
+        text, stopped = cut_at_stop(continuation_text(tokenizer, prompt, body), stop)
         reason = "stop" if stopped else "eos" if ended else "length"
         completions.append(Completion(text=text, tokens=body, finish_reason=reason))
     return completions

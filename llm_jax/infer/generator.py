@@ -106,7 +106,7 @@ class Generator:
         if self.mesh is None:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
-        stack.enter_context(self.mesh)
+        stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(nn.logical_axis_rules(self.rules))
         return stack
 
