@@ -30,6 +30,8 @@ setup(
         # torch is pinned: an unpinned torch pulls several GB of CUDA packages on a CPU machine.
         "hf": ["torch==2.13.0", "transformers==5.23.0"],
         "dev": ["pytest==9.2.0", "torch==2.13.0", "transformers==5.23.0"],
+        # lm-evaluation-harness, for `python -m llm_jax.eval.lm_eval_main` (llm_jax.eval.harness).
+        "eval": ["lm-eval==0.4.13"],
     },
     entry_points={"console_scripts": ["llm-jax=llm_jax.cli:main"]},
 )
