@@ -32,6 +32,17 @@ setup(
         "dev": ["pytest==9.2.0", "torch==2.13.0", "transformers==5.23.0"],
         # lm-evaluation-harness, for `python -m llm_jax.eval.lm_eval_main` (llm_jax.eval.harness).
         "eval": ["lm-eval==0.4.13"],
+        # `llm-jax curate`: datatrove's filters and dedup (spacy: its English word tokenizer,
+        # xxhash: its dedup hashes, orjson: its JSONL stages) and a trained toxicity classifier
+        # (scikit-learn pinned to the version its pickled model loads cleanly with).
+        "data": [
+            "datatrove==0.10.1",
+            "spacy==3.8.18",
+            "xxhash==3.8.2",
+            "orjson==3.13.0",
+            "alt-profanity-check==1.9.1",
+            "scikit-learn==1.9.1",
+        ],
     },
     entry_points={"console_scripts": ["llm-jax=llm_jax.cli:main"]},
 )

@@ -70,6 +70,32 @@ def _plan(args: argparse.Namespace) -> None:
     print(plan(load_config(args.config, args.overrides), args.slice, not args.no_compile))
 
 
+def _curate(args: argparse.Namespace) -> None:
+    from llm_jax.config import load_config
+    from llm_jax.data.curate import curate, format_report
+
+    report = curate(load_config(args.config, args.overrides), progress=not args.no_progress)
+    print(format_report(report))
+    print(f"{report['documents_out']:,} of {report['documents_in']:,} documents kept in "
+          f"{report['seconds']} s -> {report['corpus']} (report.json, rejected/)")
+
+
+def _tokenizer(args: argparse.Namespace) -> None:
+    from llm_jax.config import load_config
+    from llm_jax.data.tokenizer import Tokenizer, train_from_config
+
+    config = load_config(args.config, args.overrides)
+    info = train_from_config(config, force=args.force, progress=not args.no_progress)
+    state = "already trained on this corpus" if info.get("skipped") else f"trained in {info['seconds']} s"
+    print(f"tokenizer {info['model']}: {info['vocab_size']} tokens, {state}")
+    print(f"  hugging face: {info['hf_dir'] or 'not exported (pip install llm_jax[hf])'}")
+    if args.pretokenize:
+        from llm_jax.data.pretokenize import pretokenize
+
+        meta = pretokenize(config, Tokenizer.load(info["model"]), progress=not args.no_progress)
+        print(f"  pre-tokenized: {meta['documents']:,} documents, {meta['tokens']:,} tokens")
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="tiny", help="preset name in configs/ or a YAML path")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
@@ -123,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k: per answer")
     p.add_argument("--output", default=None, help="also write the results JSON here")
     p.set_defaults(handler=_eval)
+
+    p = commands.add_parser("curate", help="filter, deduplicate and scrub data.source into a corpus")
+    _add_config_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_curate)
+
+    p = commands.add_parser("tokenizer", help="train the SentencePiece BPE tokenizer on the corpus")
+    _add_config_args(p)
+    p.add_argument("--force", action="store_true", help="retrain even if up to date")
+    p.add_argument("--pretokenize", action="store_true",
+                   help="also write the corpus as token ids (data.pretokenized=true reads them)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_tokenizer)
 
     p = commands.add_parser("plan", help="memory and FLOPs per device for a config and slice")
     _add_config_args(p)

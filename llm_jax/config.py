@@ -211,7 +211,7 @@ class CurateConfig:
     toxicity_max_fraction: float = 0.05  # drop documents whose toxic paragraphs exceed this share of text
     max_documents: int = 0  # 0 reads the whole source; otherwise about this many documents
     tasks: int = 4  # shards of the corpus; each is one resumable task and one output file
-    workers: int = 0  # processes; 0 means min(tasks, CPU count)
+    workers: int = 1  # tasks run at once, each in its own process when > 1; 0: one per CPU
     rejected_samples: int = 20  # rejected documents kept per step for a person to inspect
 
     def __post_init__(self) -> None:

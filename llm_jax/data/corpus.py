@@ -1,0 +1,140 @@
+"""The curated corpus on disk: a TFDS dataset directory of ArrayRecord shards.
+
+Each record is a serialized `tf.train.Example` with the features `text`, `id` and `kind`, written
+by TFDS's own serializer, and the directory carries TFDS metadata (`dataset_info.json`,
+`features.json`), so the same files open three ways:
+
+    tfds.builder_from_directory(DIR).as_data_source("train")      # TFDS
+    grain.sources.ArrayRecordDataSource(shard_paths(DIR))         # grain, records still encoded
+    CorpusSource(DIR)                                             # grain-ready, decoded to str
+
+`dataset_info.json` is written last, after every shard is in place: a directory without it is an
+unfinished run and `CorpusSource` refuses it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from llm_jax.errors import UserError
+
+DATASET_NAME = "curated"
+SPLIT = "train"
+FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+INFO_FILE = "dataset_info.json"
+
+
+@functools.lru_cache(maxsize=1)
+def features() -> Any:
+    import tensorflow_datasets as tfds
+
+    text = tfds.features.Text()
+    return tfds.features.FeaturesDict({"text": text, "id": tfds.features.Text(), "kind": text})
+
+
+@functools.lru_cache(maxsize=1)
+def _serializer() -> Any:
+    from tensorflow_datasets.core import example_serializer
+
+    return example_serializer.ExampleSerializer(features().get_serialized_info())
+
+
+def curated_dir(config: Any) -> Path:
+    """`data.curated_dir`, or `<run_dir>/curated` when it is empty."""
+    return Path(config.data.curated_dir or Path(config.run_dir) / "curated")
+
+
+def encode_record(text: str, doc_id: str, kind: str) -> bytes:
+    """One document as the bytes of a serialized tf.train.Example."""
+    return _serializer().serialize_example(
+        features().encode_example({"text": text, "id": doc_id, "kind": kind})
+    )
+
+
+def decode_record(record: bytes) -> dict[str, str]:
+    """The inverse of `encode_record`."""
+    example = features().deserialize_example_np(record)
+    return {key: value.decode("utf-8") for key, value in example.items()}
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"{DATASET_NAME}-{SPLIT}.array_record-{index:05d}-of-{count:05d}"
+
+
+def write_shard(path: str | Path, records: Sequence[bytes] | Any) -> int:
+    """Writes records to `path` through a temporary name, so a crash never leaves a shard that
+    looks whole. Returns the number of records."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = ArrayRecordWriter(str(tmp), "group_size:1")
+    count = 0
+    try:
+        for record in records:
+            writer.write(record)
+            count += 1
+    finally:
+        writer.close()
+    os.replace(tmp, path)
+    return count
+
+
+def write_metadata(directory: str | Path, shard_lengths: list[int], num_bytes: int) -> None:
+    """Marks the corpus complete by writing TFDS metadata for its shards."""
+    import tensorflow_datasets as tfds
+
+    split = tfds.core.SplitInfo(name=SPLIT, shard_lengths=list(shard_lengths), num_bytes=num_bytes,
+                                filename_template=None)
+    tfds.folder_dataset.write_metadata(
+        data_dir=str(directory), features=features(), split_infos=[split],
+        filename_template=FILENAME_TEMPLATE, check_data=False,
+        description="Curated by llm-jax curate; see report.json.",
+    )
+
+
+def is_complete(directory: str | Path) -> bool:
+    return (Path(directory) / INFO_FILE).is_file()
+
+
+def shard_paths(directory: str | Path) -> list[str]:
+    """The shard files of a complete corpus, in order."""
+    directory = Path(directory)
+    if not is_complete(directory):
+        raise UserError(
+            f"no complete curated corpus in {directory}: run `llm-jax curate` (with the same "
+            "--config) first, or point data.curated_dir at one"
+        )
+    paths = sorted(directory.glob(f"{DATASET_NAME}-{SPLIT}.array_record-*-of-*"))
+    return [str(p) for p in paths]
+
+
+class CorpusSource:
+    """Random access to a curated corpus' texts: a grain data source (len, getitem, picklable)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = str(directory)
+        self.paths = shard_paths(directory)
+        self._records: Any = None
+
+    def _source(self) -> Any:
+        if self._records is None:
+            import grain
+
+            self._records = grain.sources.ArrayRecordDataSource(self.paths)
+        return self._records
+
+    def __len__(self) -> int:
+        return len(self._source()) if self.paths else 0
+
+    def __getitem__(self, index: int) -> str:
+        return decode_record(self._source()[index])["text"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"directory": self.directory, "paths": self.paths, "_records": None}
+
+    def __repr__(self) -> str:
+        return f"CorpusSource({self.directory!r}, shards={len(self.paths)})"

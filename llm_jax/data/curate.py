@@ -1,0 +1,381 @@
+"""`llm-jax curate`: raw source -> filtered, deduplicated, PII-scrubbed corpus + report.json.
+
+The run is a chain of datatrove stages executed by `LocalPipelineExecutor` (swap in datatrove's
+SLURM or Ray executor for corpora that outgrow one machine; the stages stay the same):
+
+    filter       read the source, apply the published quality filters and the toxicity filter to
+                 the documents of the kinds they suit, write signatures of the first dedup
+    exact ...    datatrove's exact dedup: find duplicate texts, then drop all but the first
+    minhash ...  datatrove's MinHash dedup (word 5-grams, 14 bands x 8 hashes): buckets,
+                 clusters, then drop all but one document per cluster
+    last stage   PII scrubbing, then one ArrayRecord shard per task (see `corpus.py`)
+
+Layout of the output directory (`data.curated_dir`, default `<run_dir>/curated`):
+
+    curated-train.array_record-0000k-of-0000n   the corpus, a TFDS dataset with its metadata
+    dataset_info.json, features.json            written last: their presence means complete
+    report.json                                 each step's documents and bytes in and out
+    rejected/<step>.jsonl                       a sample of what each step removed
+    _work/                                      intermediate files, logs, per-task completions
+
+Every stage is split into `curate.tasks` tasks; a task that finished is skipped when the run is
+started again, so an interrupted run resumes. A run with different settings into the same
+directory starts over (the settings' fingerprint is kept in `_work/settings.json`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.dedup import (
+    ExactDedupFilter,
+    ExactDedupSignature,
+    ExactFindDedups,
+    MinhashConfig,
+    MinhashDedupBuckets,
+    MinhashDedupCluster,
+    MinhashDedupFilter,
+    MinhashDedupSignature,
+)
+from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
+
+from llm_jax.config import Config
+from llm_jax.data import corpus
+from llm_jax.data.corpus import curated_dir
+from llm_jax.data.curate_steps import (
+    CorpusWriter,
+    KindFilter,
+    KindFormatter,
+    RankFileReader,
+    SampleWriter,
+    SourceReader,
+    Tally,
+    intermediate_writer,
+)
+from llm_jax.data.curate_report import (
+    ReportedStep,
+    format_report,
+    merge_samples,
+    per_rank_stat,
+    stage_stats,
+    step_entry,
+)
+from llm_jax.data.filters import make_filter, steps_by_kind
+from llm_jax.data.sources import ReadProblems, open_source
+from llm_jax.errors import UserError
+
+WORK = "_work"
+SETTINGS_VERSION = 1
+
+
+def document_text(doc: Any) -> str:
+    """What exact dedup compares (the return annotation tells datatrove to hash a str)."""
+    return doc.text
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    pipeline: list[Any]
+    tasks: int
+    workers: int
+    logs: Path
+    documents_flow: bool = True  # False for dedup stages that only read signatures
+
+
+class _Plan:
+    """Builds the stages, putting a Tally around every reported step."""
+
+    def __init__(self, work: Path, tasks: int, workers: int, samples: int) -> None:
+        self.work, self.tasks, self.workers, self.samples = work, tasks, workers, samples
+        self.stages: list[Stage] = []
+        self.reported: list[ReportedStep] = []
+
+    def stage(self, name: str, reader: Any) -> None:
+        logs = self.work / "logs" / f"{len(self.stages):02d}-{name.replace(' ', '-')}"
+        self.stages.append(Stage(name, [reader, Tally(f"{name}: in")], self.tasks, self.workers, logs))
+
+    def global_stage(self, name: str, step: Any, tasks: int) -> None:
+        logs = self.work / "logs" / f"{len(self.stages):02d}-{name.replace(' ', '-')}"
+        self.stages.append(Stage(name, [step], tasks, 1, logs, documents_flow=False))
+
+    def step(self, name: str, step: Any, applies_to: tuple[str, ...]) -> None:
+        pipeline = self.stages[-1].pipeline
+        rejected = getattr(step, "exclusion_writer", None)
+        rejected_dir = str(rejected.output_folder.path) if rejected is not None else None
+        pipeline.extend([step, Tally(name)])
+        n = len(pipeline)
+        self.reported.append(ReportedStep(name, len(self.stages) - 1, n - 3, n - 1, n - 2,
+                                          applies_to, rejected_dir))
+
+    def append(self, step: Any) -> None:
+        self.stages[-1].pipeline.append(step)
+
+    def rejected(self, name: str) -> Any:
+        return SampleWriter(str(self.work / "rejected" / name), self.samples)
+
+
+def _dedup_stages(config: Config, work: Path) -> list[dict[str, Any]]:
+    """Each enabled dedup as its signature step, global stages and filter step (datatrove's)."""
+    dedups = []
+    if config.curate.exact_dedup:
+        cfg = ExactDedupConfig(content_getter=document_text)
+        sigs, dups = str(work / "exact" / "signatures"), str(work / "exact" / "duplicates")
+        dedups.append({
+            "name": "exact_dedup",
+            "signature": lambda: ExactDedupSignature(sigs, config=cfg),
+            "global": [("exact find duplicates", lambda: ExactFindDedups(sigs, dups, config=cfg), 1)],
+            "filter": lambda writer: ExactDedupFilter(dups, config=cfg, exclusion_writer=writer),
+        })
+    if config.curate.minhash:
+        c = config.curate
+        mcfg = MinhashConfig(n_grams=c.minhash_ngrams, num_buckets=c.minhash_buckets,
+                             hashes_per_bucket=c.minhash_hashes_per_bucket)
+        sigs, buckets, clusters = (str(work / "minhash" / d) for d in ("signatures", "buckets", "clusters"))
+        dedups.append({
+            "name": "minhash",
+            "signature": lambda: MinhashDedupSignature(sigs, config=mcfg),
+            "global": [
+                ("minhash buckets", lambda: MinhashDedupBuckets(sigs, buckets, config=mcfg), c.minhash_buckets),
+                ("minhash clusters", lambda: MinhashDedupCluster(buckets, clusters, config=mcfg), 1),
+            ],
+            "filter": lambda writer: MinhashDedupFilter(clusters, exclusion_writer=writer),
+        })
+    return dedups
+
+
+def build_plan(config: Config, out: Path, source: Any) -> _Plan:
+    """All stages of the run, in order."""
+    c = config.curate
+    work = out / WORK
+    workers = c.workers or min(c.tasks, os.cpu_count() or 1)
+    plan = _Plan(work, c.tasks, workers, c.rejected_samples)
+    kinds = steps_by_kind(c)
+    formatters = [name for name in kinds if name == "pii"]
+
+    def finish() -> None:
+        for name in formatters:
+            plan.step(name, KindFormatter(name, make_filter(name, c), kinds[name]), tuple(kinds[name]))
+        plan.append(CorpusWriter(str(out)))
+
+    plan.stage("filter", SourceReader(source, str(work / "problems"), c.max_documents))
+    for name, applies_to in kinds.items():
+        if name not in formatters:
+            step = KindFilter(name, make_filter(name, c), applies_to, plan.rejected(name))
+            plan.step(name, step, tuple(applies_to))
+    dedups = _dedup_stages(config, work)
+    for i, dedup in enumerate(dedups):
+        handoff = str(work / "documents" / f"{i}-{dedup['name']}")
+        plan.append(intermediate_writer(handoff))
+        plan.append(dedup["signature"]())
+        for name, make, tasks in dedup["global"]:
+            plan.global_stage(name, make(), tasks)
+        plan.stage(dedup["name"], RankFileReader(handoff))
+        plan.step(dedup["name"], dedup["filter"](plan.rejected(dedup["name"])), ("prose", "code"))
+    finish()
+    return plan
+
+
+def _settings(config: Config) -> dict[str, Any]:
+    d = config.data
+    curate = dataclasses.asdict(config.curate)
+    curate.pop("workers")
+    return {"version": SETTINGS_VERSION, "source": d.source, "text_field": d.text_field,
+            "max_doc_chars": d.max_doc_chars, "tfds_split": d.tfds_split,
+            "tfds_data_dir": d.tfds_data_dir, "curate": curate}
+
+
+def _prepare_directory(out: Path, settings: dict[str, Any]) -> bool:
+    """Keeps a previous run's finished tasks when its settings match; returns True if it did."""
+    marker = out / WORK / "settings.json"
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+        return True
+    if out.exists():
+        if any(out.iterdir()) and not (out / WORK).is_dir():
+            raise UserError(f"{out} exists and is not a curated corpus; choose another data.curated_dir")
+        shutil.rmtree(out)
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"fingerprint": fingerprint, "settings": settings}, indent=2))
+    return False
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """datatrove's task logs and inner progress bars go to its log files, not the console.
+
+    Tasks run in this process write to a muted `sys.stderr` (our own bar holds the real one);
+    worker processes inherit TQDM_DISABLE, which tqdm reads when it is first imported there.
+    Errors still surface: a failing task raises its exception here.
+    """
+    from loguru import logger
+
+    previous_env, previous_stderr = os.environ.get("TQDM_DISABLE"), sys.stderr
+    os.environ["TQDM_DISABLE"] = "1"
+    logger.disable("datatrove.executor")
+    with open(os.devnull, "w") as devnull:
+        sys.stderr = devnull
+        try:
+            yield
+        finally:
+            sys.stderr = previous_stderr
+            logger.enable("datatrove.executor")
+            if previous_env is None:
+                os.environ.pop("TQDM_DISABLE", None)
+            else:
+                os.environ["TQDM_DISABLE"] = previous_env
+
+
+class QuietExecutor(LocalPipelineExecutor):
+    """Runs every task as a non-zero local rank: datatrove then logs only errors to the console
+    (full logs still go to `<logs>/logs/`)."""
+
+    def _launch_run_for_rank(self, rank: int, ranks_q: Any, completed: Any = None,
+                             completed_lock: Any = None) -> Any:
+        from loguru import logger
+
+        logger.disable("datatrove.executor")  # "n/N tasks completed", in worker processes too
+        return super()._launch_run_for_rank(rank, ranks_q, completed, completed_lock)
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> Any:
+        return super()._run_for_rank(rank, local_rank=1, node_rank=node_rank)
+
+
+def _executor(stage: Stage) -> QuietExecutor:
+    return QuietExecutor(stage.pipeline, tasks=stage.tasks, workers=min(stage.workers, stage.tasks),
+                         logging_dir=str(stage.logs), skip_completed=True)
+
+
+class _Progress:
+    """A tqdm bar over all tasks of all stages, fed by datatrove's completion markers."""
+
+    def __init__(self, stages: list[Stage], enabled: bool, stream: Any) -> None:
+        from tqdm import tqdm
+
+        self.stages = stages
+        self.bar = tqdm(total=sum(s.tasks for s in stages), unit="task", desc="curate",
+                        disable=not enabled, file=stream, dynamic_ncols=True, mininterval=0.5)
+        self.current = stages[0].name
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _done(self) -> int:
+        done = 0
+        for stage in self.stages:
+            marks = stage.logs / "completions"
+            done += len(os.listdir(marks)) if marks.is_dir() else 0
+        return done
+
+    def _poll(self) -> None:
+        while not self.stop.wait(0.5):
+            self.refresh()
+
+    def refresh(self) -> None:
+        self.bar.set_description(f"curate [{self.current}]", refresh=False)
+        self.bar.update(self._done() - self.bar.n)
+
+    def __enter__(self) -> "_Progress":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.refresh()
+        self.bar.close()
+
+
+def _stage_documents(plan: _Plan, index: int) -> int:
+    """Documents that made it through the last reported step of a stage."""
+    stats = stage_stats(plan.stages[index].logs)
+    last = max([s.after for s in plan.reported if s.stage == index], default=1)
+    return int(stats[last].get("documents", 0)) if len(stats) > last else 0
+
+
+def curate(config: Config, progress: bool = True) -> dict[str, Any]:
+    """Runs (or resumes) curation for `config`; returns the report also saved as report.json.
+
+    Raises UserError when the source holds nothing usable or the filters leave nothing; the
+    report is still written (with "complete": false) so that a person can see which step did it.
+    """
+    started = time.time()
+    out = curated_dir(config)
+    source = open_source(config.data)
+    resumed = _prepare_directory(out, _settings(config))
+    plan = build_plan(config, out, source)
+    empty_at: str | None = None
+    with _Progress(plan.stages, progress, sys.stderr) as bar, _quiet():
+        for index, stage in enumerate(plan.stages):
+            bar.current = stage.name
+            _executor(stage).run()
+            if stage.documents_flow and _stage_documents(plan, index) == 0:
+                empty_at = stage.name
+                break
+    report = _build_report(config, plan, out, source.spec, resumed, time.time() - started, empty_at)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if report["documents_in"] == 0:
+        problems = ReadProblems()
+        problems.update(report["read_problems"])
+        examples = "".join(f"\n  {example}" for example in problems.examples[:5])
+        raise UserError(f"nothing usable in {source.spec}: {problems.summary() or 'no text found'}{examples}")
+    if empty_at is not None or report["documents_out"] == 0:
+        last = next((s["name"] for s in reversed(report["steps"]) if s["documents_in"]), "the first step")
+        raise UserError(
+            f"the corpus is empty after curation: {last} removed the last documents of "
+            f"{report['documents_in']} read. See {out / 'report.json'} and {out / 'rejected'}; "
+            "loosen curate.prose_steps / curate.code_steps for this source."
+        )
+    final = plan.stages[-1]
+    position = len(final.pipeline) - 1
+    lengths = per_rank_stat(final.logs, position, "documents", final.tasks)
+    corpus.write_metadata(out, lengths, report["bytes_out"])
+    return report
+
+
+def _build_report(config: Config, plan: _Plan, out: Path, spec: str, resumed: bool, seconds: float,
+                  empty_at: str | None) -> dict[str, Any]:
+    stats = [stage_stats(stage.logs) for stage in plan.stages]
+    problems = ReadProblems()
+    for path in sorted((out / WORK / "problems").glob("*.json")):
+        problems.update(json.loads(path.read_text()))
+    first = stats[0][1] if len(stats[0]) > 1 else {}
+    steps = []
+    for step in plan.reported:
+        if len(stats[step.stage]) <= step.after:
+            break  # the run stopped before this stage
+        sample = None
+        if step.rejected_dir:
+            sample = merge_samples(step.rejected_dir, out / "rejected" / f"{step.name}.jsonl",
+                                   config.curate.rejected_samples)
+        steps.append(step_entry(step, stats[step.stage], sample and str(Path(sample).relative_to(out))))
+    last = steps[-1] if steps else {"documents_out": int(first.get("documents", 0)),
+                                    "bytes_out": int(first.get("bytes", 0))}
+    return {
+        "source": spec,
+        "corpus": str(out),
+        "complete": empty_at is None and bool(last["documents_out"]),
+        "documents_in": int(first.get("documents", 0)),
+        "documents_out": int(last["documents_out"]) if empty_at is None else 0,
+        "bytes_in": int(first.get("bytes", 0)),
+        "bytes_out": int(last["bytes_out"]) if empty_at is None else 0,
+        "steps": steps,
+        "read_problems": problems.to_dict(),
+        "shards": [corpus.shard_name(i, config.curate.tasks) for i in range(config.curate.tasks)],
+        "resumed": resumed,
+        "seconds": round(seconds, 1),
+        "settings": _settings(config),
+    }
+
+
+__all__ = ["curate", "curated_dir", "format_report"]

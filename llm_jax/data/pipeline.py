@@ -1,0 +1,237 @@
+"""The grain input pipeline: curated documents -> token rows -> batches for the train step.
+
+    it = make_batch_iterator(config, tokenizer, split="train")
+    batch = next(it)
+    state = it.get_state()      # save with the checkpoint (a dict of ints; JSON-serializable)
+    it = make_batch_iterator(config, tokenizer)
+    it.set_state(state)         # continues exactly after the saved batch
+
+Each batch is a dict of numpy arrays, B = per-host batch size, T = `data.seq_len`:
+
+    inputs       int32   [B, T]  token ids (pad_id on padding)
+    targets      int32   [B, T]  the next token of each input
+    segment_ids  int32   [B, T]  1..n numbering the documents of a row, 0 on padding
+    positions    int32   [B, T]  position within the document, restarting at 0 for each one
+    loss_mask    float32 [B, T]  1 where the target is a real next token of the same document
+
+Every document is encoded as [bos] + tokens + [eos]. With `data.packing=pack` each document gives
+(input, target) pairs inside itself only; documents longer than T are cut into pieces of T pairs
+(each piece its own segment, positions from 0), and pieces are first-fit packed into rows (grain's
+FirstFitPackIterDataset), so attention masked by segment ids never crosses a document and no
+target belongs to another one. With `concat` documents are joined into one stream and cut into
+rows of T+1 tokens (grain's ConcatThenSplitIterDataset): segment_ids are 1 and positions 0..T-1,
+and the loss is masked where the target is the first token of the next document.
+
+Order: documents are split once into train and eval (a fixed permutation, `data.eval_fraction`);
+each host keeps every `process_count`-th document of its split (`jax.process_index()`), so hosts
+read disjoint shards; train shuffles with the seed (a new order every epoch) and repeats forever;
+eval is one pass in fixed order with the last batch padded. The same config, seed and state give
+the same batches. `data.pretokenized=true` reads token ids written by `pretokenize.py` instead of
+encoding text on the fly (same documents, same split, same batches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grain
+import numpy as np
+
+from llm_jax.config import Config, ConfigError
+from llm_jax.errors import UserError
+
+SPLITS = ("train", "eval")
+_SPLIT_SEED = 0xC0FFEE  # fixed, so changing the training seed never moves documents between splits
+
+
+def split_indices(num_documents: int, eval_fraction: float, split: str) -> np.ndarray:
+    """Document indices of a split: a fixed random `eval_fraction` (at least one document when
+    the fraction is positive) is eval, the rest train; each in increasing order."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+    num_eval = int(round(num_documents * eval_fraction))
+    if eval_fraction > 0:
+        num_eval = min(max(num_eval, 1), num_documents - 1)
+    order = np.random.default_rng(_SPLIT_SEED).permutation(num_documents)
+    chosen = order[:num_eval] if split == "eval" else order[num_eval:]
+    return np.sort(chosen)
+
+
+class _Subset:
+    """A grain data source over chosen indices of another source."""
+
+    def __init__(self, source: Any, indices: np.ndarray) -> None:
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.source[int(self.indices[index])]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Encode:
+    """Text -> [bos] + ids + [eos] as int32 (pre-tokenized input only gains bos and eos)."""
+
+    tokenizer: Any
+    bos: int
+    eos: int
+
+    def __call__(self, item: str | np.ndarray) -> np.ndarray:
+        ids = self.tokenizer.encode(item) if isinstance(item, str) else item
+        out = np.empty(len(ids) + 2, dtype=np.int32)
+        out[0], out[1:-1], out[-1] = self.bos, ids, self.eos
+        return out
+
+
+class _Pieces(grain.experimental.FlatMapTransform):
+    """One document's (input, target) pairs, cut into pieces of at most `length` pairs."""
+
+    max_fan_out = 1 << 20  # grain checks it only for MapDataset flat maps
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def flat_map(self, tokens: np.ndarray) -> list[dict[str, np.ndarray]]:
+        inputs, targets = tokens[:-1], tokens[1:]
+        return [{"inputs": inputs[i : i + self.length], "targets": targets[i : i + self.length]}
+                for i in range(0, len(inputs), self.length)]
+
+
+def _as_stream(tokens: np.ndarray) -> dict[str, np.ndarray]:
+    return {"tokens": tokens}
+
+
+@dataclasses.dataclass(frozen=True)
+class _PackedRow:
+    pad_id: int
+
+    def __call__(self, row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        segments = row["inputs_segment_ids"].astype(np.int32)
+        real = segments > 0
+        return {
+            "inputs": np.where(real, row["inputs"], self.pad_id).astype(np.int32),
+            "targets": np.where(real, row["targets"], self.pad_id).astype(np.int32),
+            "segment_ids": segments,
+            "positions": np.where(real, row["inputs_positions"], 0).astype(np.int32),
+            "loss_mask": real.astype(np.float32),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConcatRow:
+    pad_id: int
+    eos_id: int
+
+    def __call__(self, row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tokens, real = row["tokens"], row["tokens_segment_ids"] > 0
+        tokens = np.where(real, tokens, self.pad_id).astype(np.int32)
+        inputs, targets = tokens[:-1], tokens[1:]
+        valid = real[1:] & (inputs != self.eos_id)
+        return {
+            "inputs": inputs,
+            "targets": targets,
+            "segment_ids": real[:-1].astype(np.int32),
+            "positions": np.arange(len(inputs), dtype=np.int32),
+            "loss_mask": valid.astype(np.float32),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _PadBatch:
+    """Pads a short final eval batch with rows that are all padding (loss_mask 0)."""
+
+    size: int
+    pad_id: int
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = self.size - len(batch["inputs"])
+        if missing <= 0:
+            return batch
+        fill = {"inputs": self.pad_id, "targets": self.pad_id}
+        return {key: np.concatenate([value, np.full((missing, *value.shape[1:]), fill.get(key, 0),
+                                                    value.dtype)]) for key, value in batch.items()}
+
+
+def _documents(config: Config, tokenizer: Any) -> Any:
+    """Random access to every document of the corpus: text, or token ids when pre-tokenized."""
+    if config.data.pretokenized:
+        from llm_jax.data.pretokenize import TokenSource
+
+        return TokenSource.open(config, tokenizer)
+    from llm_jax.data.corpus import CorpusSource, curated_dir
+
+    return CorpusSource(curated_dir(config))
+
+
+def _host(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        return jax.process_index(), jax.process_count()
+    return process_index, process_count
+
+
+def make_batch_iterator(
+    config: Config,
+    tokenizer: Any,
+    *,
+    split: str = "train",
+    batch_size: int | None = None,
+    seed: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Any:
+    """A grain `DatasetIterator` of batches (see module docstring) with get_state/set_state.
+
+    `batch_size` is per host and defaults to `train.batch_size // process_count`; `seed`
+    defaults to `config.seed`. The process arguments default to JAX's.
+    """
+    index, count = _host(process_index, process_count)
+    if batch_size is None:
+        if config.train.batch_size % count:
+            raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
+                              f"{count} hosts; each host loads an equal share")
+        batch_size = config.train.batch_size // count
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
+                          f"{config.model.vocab_size}; raise model.vocab_size")
+    seed = config.seed if seed is None else seed
+    length = config.data.seq_len
+    documents = _documents(config, tokenizer)
+    chosen = split_indices(len(documents), config.data.eval_fraction, split)[index::count]
+    if len(chosen) == 0:
+        raise UserError(f"no documents for split {split!r} on host {index} of {count} "
+                        f"({len(documents)} in the corpus, data.eval_fraction="
+                        f"{config.data.eval_fraction})")
+    ds = grain.MapDataset.source(_Subset(documents, chosen))
+    train = split == "train"
+    if train:
+        if config.data.shuffle:
+            ds = ds.shuffle(seed=seed)
+        ds = ds.repeat(None)
+    ds = ds.map(_Encode(tokenizer, tokenizer.bos_id, tokenizer.eos_id))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=256))
+    if config.data.packing == "pack":
+        it = grain.experimental.FlatMapIterDataset(it, _Pieces(length))
+        it = grain.experimental.FirstFitPackIterDataset(
+            it, length_struct={"inputs": length, "targets": length},
+            num_packing_bins=batch_size, seed=seed, shuffle_bins=train)
+        it = it.map(_PackedRow(tokenizer.pad_id))
+    else:
+        it = it.map(_as_stream)
+        it = grain.experimental.ConcatThenSplitIterDataset(it, length_struct={"tokens": length + 1})
+        it = it.map(_ConcatRow(tokenizer.pad_id, tokenizer.eos_id))
+    it = it.batch(batch_size, drop_remainder=train)
+    if not train:
+        it = it.map(_PadBatch(batch_size, tokenizer.pad_id))
+    if config.data.worker_count:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.worker_count))
+    return iter(it)
+
+
+def batch_tokens(batch: dict[str, np.ndarray]) -> int:
+    """Real (non-padding) target tokens in a batch: what throughput is counted in."""
+    return int(batch["loss_mask"].sum())
