@@ -63,6 +63,27 @@ def _eval(args: argparse.Namespace) -> None:
             f.write(text + "\n")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from llm_jax.config import load_config
+    from llm_jax.train.data import TrainingData
+    from llm_jax.train.loop import train
+
+    config = load_config(args.config, args.overrides)
+    data = TrainingData(config)
+    data.copy_tokenizer_to(config.run_dir)
+    result = train(config, data, progress=not args.no_progress)
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
+    print(f"{'stopped' if result.preempted else 'finished'} at step {result.step}: "
+          f"loss {result.final_loss:.4f}" + (f", {summary}" if summary else "")
+          + f"; checkpoints in {result.run_dir}")
+
+
+def _quickstart(args: argparse.Namespace) -> None:
+    from llm_jax.quickstart import run_quickstart
+
+    run_quickstart(args.out, tuple(args.overrides))
+
+
 def _plan(args: argparse.Namespace) -> None:
     from llm_jax.config import load_config
     from llm_jax.parallel.plan import plan
@@ -150,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="also write the results JSON here")
     p.set_defaults(handler=_eval)
 
+    p = commands.add_parser("train", help="train (or resume) a run; objective from the config")
+    _add_config_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_train)
+
     p = commands.add_parser("curate", help="filter, deduplicate and scrub data.source into a corpus")
     _add_config_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -162,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the corpus as token ids (data.pretokenized=true reads them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_tokenizer)
+
+    p = commands.add_parser("quickstart", help="curate, tokenize, pretrain, evaluate and sample "
+                            "a tiny Llama on the built-in corpus (CPU, under 15 minutes)")
+    p.add_argument("--out", default="runs/quickstart", help="run directory")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the quickstart preset")
+    p.set_defaults(handler=_quickstart)
 
     p = commands.add_parser("plan", help="memory and FLOPs per device for a config and slice")
     _add_config_args(p)
