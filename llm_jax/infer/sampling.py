@@ -59,9 +59,18 @@ def filter_top_p(logits: jax.Array, top_p: jax.Array) -> jax.Array:
 
 def sample_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array,
                   top_k: jax.Array, top_p: jax.Array) -> jax.Array:
-    """Next tokens [batch] from fp32 logits [batch, vocab]."""
-    greedy = jnp.argmax(logits, axis=-1)
-    scaled = logits / jnp.maximum(temperature, 1e-6)
-    filtered = filter_top_p(filter_top_k(scaled, top_k), top_p)
-    drawn = jax.random.categorical(key, filtered, axis=-1)
-    return jnp.where(temperature > 0, drawn, greedy).astype(jnp.int32)
+    """Next tokens [batch] from fp32 logits [batch, vocab].
+
+    `lax.cond` runs only the branch in use: greedy decoding and unfiltered sampling skip the
+    vocabulary sorts that top-k and top-p need.
+    """
+    def draw(logits):
+        scaled = logits / temperature
+        scaled = jax.lax.cond(top_k > 0, filter_top_k, lambda x, _: x, scaled, top_k)
+        scaled = jax.lax.cond(top_p < 1.0, filter_top_p, lambda x, _: x, scaled, top_p)
+        return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+
+    def greedy(logits):
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(temperature > 0, draw, greedy, logits)
