@@ -4,7 +4,7 @@
     gopher_quality     datatrove GopherQualityFilter (same paper: word counts, symbol ratios, ...)
     c4                 datatrove C4QualityFilter (Raffel et al. 2020: line rules, then document rules)
     fineweb            datatrove FineWebQualityFilter (Penedo et al. 2024)
-    toxicity           alt-profanity-check's trained linear SVM, per paragraph (`toxicity.py`)
+    toxicity           alt-profanity-check's trained linear SVM, line by line (`toxicity.py`)
     pii                datatrove PIIFormatter: emails and public IP addresses replaced
 
 Deduplication (datatrove's exact and MinHash stages) is not listed here: it runs over every
