@@ -207,8 +207,8 @@ class CurateConfig:
     minhash_ngrams: int = 5  # word n-gram shingles
     minhash_buckets: int = 14
     minhash_hashes_per_bucket: int = 8
-    toxicity_threshold: float = 0.9  # a paragraph is toxic when the classifier's probability >= this
-    toxicity_max_fraction: float = 0.05  # drop documents whose toxic paragraphs exceed this share of text
+    toxicity_threshold: float = 0.9  # a line is toxic when the classifier's probability >= this
+    toxicity_max_fraction: float = 0.05  # drop documents whose toxic lines exceed this share of text
     max_documents: int = 0  # 0 reads the whole source; otherwise about this many documents
     tasks: int = 4  # shards of the corpus; each is one resumable task and one output file
     workers: int = 1  # tasks run at once, each in its own process when > 1; 0: one per CPU

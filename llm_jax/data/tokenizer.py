@@ -121,7 +121,7 @@ class _Counter:
 
 
 def _vocabulary_error(message: str, vocab_size: int, lines: int) -> UserError:
-    too_high = re.search(r"Vocabulary size is too high \((\d+)\).*<= (\d+)", message)
+    too_high = re.search(r"Vocabulary size (?:is )?too high \((\d+)\).*<= (\d+)", message)
     if too_high:
         return UserError(
             f"tokenizer.vocab_size={vocab_size} is larger than this corpus supports "
@@ -131,9 +131,9 @@ def _vocabulary_error(message: str, vocab_size: int, lines: int) -> UserError:
     too_low = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", message)
     if too_low:
         return UserError(
-            f"tokenizer.vocab_size={vocab_size} cannot hold the {too_low.group(2)} distinct "
-            f"characters of this corpus plus the special tokens; raise tokenizer.vocab_size "
-            "or lower tokenizer.character_coverage"
+            f"tokenizer.vocab_size={vocab_size} is below the {too_low.group(2)} pieces any "
+            "vocabulary of this corpus needs (256 bytes, the special tokens and its characters); "
+            "raise tokenizer.vocab_size or lower tokenizer.character_coverage"
         )
     if lines == 0:
         return UserError("the tokenizer has no text to train on: the corpus is empty")
