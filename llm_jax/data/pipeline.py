@@ -28,6 +28,10 @@ read disjoint shards; train shuffles with the seed (a new order every epoch) and
 eval is one pass in fixed order with the last batch padded. The same config, seed and state give
 the same batches. `data.pretokenized=true` reads token ids written by `pretokenize.py` instead of
 encoding text on the fly (same documents, same split, same batches).
+
+`data.worker_count > 0` runs the pipeline in that many grain worker processes, each packing its
+own share of the documents: batches are then different from (but as deterministic and resumable
+as) the single-process ones, so keep the worker count fixed across a resumed run.
 """
 
 from __future__ import annotations
@@ -228,6 +232,10 @@ def make_batch_iterator(
     if not train:
         it = it.map(_PadBatch(batch_size, tokenizer.pad_id))
     if config.data.worker_count:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain 0.2.18 reads an absl flag when starting workers
+            flags.FLAGS.mark_as_parsed()  # (google/grain#1355); defaults are what we want
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.worker_count))
     return iter(it)
 

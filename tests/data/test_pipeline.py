@@ -1,0 +1,206 @@
+"""The grain pipeline: the batch contract, packing without leaks across documents, determinism,
+exact resumption from a saved state, disjoint host shards, eval, and the pre-tokenized path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm_jax.config import Config, ConfigError, load_config
+from llm_jax.data import corpus
+from llm_jax.data.pipeline import batch_tokens, make_batch_iterator, split_indices
+from llm_jax.data.sources import ReadProblems, StdlibSource, split_text
+from llm_jax.data.tokenizer import Tokenizer
+from llm_jax.errors import UserError
+
+T, B = 64, 8
+
+
+@pytest.fixture(scope="module")
+def texts(shakespeare: str) -> list[str]:
+    """Real documents of very different lengths: short and long prose, code, one-liners."""
+    prose = split_text(shakespeare[:90000], 1500)[:50]
+    source = StdlibSource(max_doc_chars=5000)
+    code = [d.text for u in source.units()[1:12] for d in source.read_unit(u, ReadProblems())][:20]
+    short = [p.strip("\n") for p in split_text(shakespeare[100000:110000], 150) if p.strip()]
+    return prose + code + short + ["Hi.", "A short line.", shakespeare[90000:100000]]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, texts: list[str]) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    out = root / "curated"
+    out.mkdir()
+    halves = [texts[: len(texts) // 2], texts[len(texts) // 2 :]]
+    start = 0
+    for shard, part in enumerate(halves):
+        records = [corpus.encode_record(t, str(start + i), "prose") for i, t in enumerate(part)]
+        corpus.write_shard(out / corpus.shard_name(shard, 2), records)
+        start += len(part)
+    corpus.write_metadata(out, [len(h) for h in halves], sum(len(t) for t in texts))
+    return root
+
+
+def _config(run_dir: Path, *extra: str) -> Config:
+    return load_config(None, [f"run_dir={run_dir}", f"data.seq_len={T}", f"train.batch_size={B}",
+                              "data.eval_fraction=0.1", *extra])
+
+
+def _take(iterator, n: int) -> list[dict[str, np.ndarray]]:
+    return [next(iterator) for _ in range(n)]
+
+
+def _segments(batch: dict[str, np.ndarray]):
+    """(inputs, targets, positions) of every segment of every row."""
+    for row in range(batch["inputs"].shape[0]):
+        seg = batch["segment_ids"][row]
+        for s in np.unique(seg[seg > 0]):
+            at = seg == s
+            yield batch["inputs"][row][at], batch["targets"][row][at], batch["positions"][row][at]
+
+
+def _whole_documents(tok: Tokenizer, batches) -> list[str]:
+    """Texts of the documents that fit whole in one segment ([bos] ... -> ... [eos])."""
+    found = []
+    for batch in batches:
+        for inputs, targets, positions in _segments(batch):
+            if inputs[0] == tok.bos_id and targets[-1] == tok.eos_id:
+                found.append(tok.decode(list(inputs[1:]) + [int(targets[-1])]))
+    return found
+
+
+def test_packed_batch_contract(run_dir: Path, trained_tokenizer: Tokenizer, texts: list[str]) -> None:
+    tok = trained_tokenizer
+    batches = _take(make_batch_iterator(_config(run_dir), tok, process_index=0, process_count=1), 30)
+    batch = batches[0]
+    assert sorted(batch) == ["inputs", "loss_mask", "positions", "segment_ids", "targets"]
+    for key, dtype in [("inputs", np.int32), ("targets", np.int32), ("segment_ids", np.int32),
+                       ("positions", np.int32), ("loss_mask", np.float32)]:
+        assert batch[key].dtype == dtype and batch[key].shape == (B, T), key
+    for batch in batches:
+        seg = batch["segment_ids"]
+        np.testing.assert_array_equal(batch["loss_mask"], (seg > 0).astype(np.float32))
+        assert np.all(batch["inputs"][seg == 0] == tok.pad_id)
+        assert np.all(batch["targets"][seg == 0] == tok.pad_id)
+        for row in seg:  # 1, 1, ..., 2, 2, ..., n, then padding
+            real = row[row > 0]
+            assert real[0] == 1 and np.all(np.diff(real) >= 0) and np.all(np.diff(real) <= 1)
+            assert np.all(row[len(real):] == 0)
+        for inputs, targets, positions in _segments(batch):
+            np.testing.assert_array_equal(positions, np.arange(len(inputs)))
+            np.testing.assert_array_equal(targets[:-1], inputs[1:])  # next token, same document
+    whole = _whole_documents(tok, batches)
+    assert len(whole) > 3 and set(whole) <= set(texts)
+    assert sum(batch_tokens(b) for b in batches) > 0.8 * 30 * B * T  # packing leaves little padding
+
+
+def test_concat_batch_contract(run_dir: Path, trained_tokenizer: Tokenizer) -> None:
+    tok = trained_tokenizer
+    config = _config(run_dir, "data.packing=concat")
+    batches = _take(make_batch_iterator(config, tok, process_index=0, process_count=1), 20)
+    for batch in batches:
+        assert np.all(batch["segment_ids"] == 1)
+        np.testing.assert_array_equal(batch["positions"], np.broadcast_to(np.arange(T), (B, T)))
+        np.testing.assert_array_equal(batch["targets"][:, :-1], batch["inputs"][:, 1:])
+        np.testing.assert_array_equal(batch["loss_mask"], (batch["inputs"] != tok.eos_id).astype(np.float32))
+    assert any((b["inputs"] == tok.eos_id).any() for b in batches)
+
+
+@pytest.mark.parametrize("packing", ["pack", "concat"])
+def test_resume_continues_exactly(run_dir: Path, trained_tokenizer: Tokenizer, packing: str) -> None:
+    config = _config(run_dir, f"data.packing={packing}")
+    host = {"process_index": 0, "process_count": 1}
+    uninterrupted = _take(make_batch_iterator(config, trained_tokenizer, **host), 25)
+    first = make_batch_iterator(config, trained_tokenizer, **host)
+    _take(first, 11)
+    state = json.loads(json.dumps(first.get_state()))  # as a checkpoint stores it
+    resumed = make_batch_iterator(config, trained_tokenizer, **host)
+    resumed.set_state(state)
+    for expected, got in zip(uninterrupted[11:], _take(resumed, 14)):
+        for key in expected:
+            np.testing.assert_array_equal(expected[key], got[key])
+
+
+def test_deterministic_and_seeded(run_dir: Path, trained_tokenizer: Tokenizer) -> None:
+    host = {"process_index": 0, "process_count": 1}
+    a = _take(make_batch_iterator(_config(run_dir), trained_tokenizer, **host), 5)
+    b = _take(make_batch_iterator(_config(run_dir), trained_tokenizer, **host), 5)
+    c = _take(make_batch_iterator(_config(run_dir), trained_tokenizer, seed=7, **host), 5)
+    assert all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, b))
+    assert not all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, c))
+
+
+def test_train_repeats_with_a_new_order_each_epoch(run_dir: Path, trained_tokenizer: Tokenizer) -> None:
+    config = _config(run_dir, "data.packing=concat")
+    it = make_batch_iterator(config, trained_tokenizer, process_index=0, process_count=1)
+    seen = [next(it)["inputs"] for _ in range(400)]  # several passes over the small corpus
+    assert len({row.tobytes() for batch in seen for row in batch}) > 0.9 * 400 * B
+
+
+def test_hosts_read_disjoint_documents(run_dir: Path, trained_tokenizer: Tokenizer, texts: list[str]) -> None:
+    config = _config(run_dir)
+    train_docs = split_indices(len(texts), 0.1, "train")
+    per_host = []
+    for host in range(2):
+        it = make_batch_iterator(config, trained_tokenizer, process_index=host, process_count=2)
+        batches = _take(it, 40)
+        assert batches[0]["inputs"].shape == (B // 2, T)
+        mine = {texts[i] for i in train_docs[host::2]}
+        whole = set(_whole_documents(trained_tokenizer, batches))
+        assert whole and whole <= mine
+        per_host.append(mine)
+    assert not per_host[0] & per_host[1]
+
+
+def test_eval_is_one_padded_pass_over_held_out_documents(run_dir: Path, trained_tokenizer: Tokenizer,
+                                                       texts: list[str]) -> None:
+    tok = trained_tokenizer
+    held_out = split_indices(len(texts), 0.1, "eval")
+    assert len(held_out) == round(0.1 * len(texts))
+    assert not set(held_out) & set(split_indices(len(texts), 0.1, "train"))
+    batches = list(make_batch_iterator(_config(run_dir), tok, split="eval", process_index=0, process_count=1))
+    assert all(b["inputs"].shape == (B, T) for b in batches)
+    expected_pairs = sum(len(tok.encode(texts[i])) + 1 for i in held_out)
+    assert sum(batch_tokens(b) for b in batches) == expected_pairs
+    again = list(make_batch_iterator(_config(run_dir), tok, split="eval", process_index=0, process_count=1))
+    assert all(np.array_equal(x["targets"], y["targets"]) for x, y in zip(batches, again))
+
+
+def test_pretokenized_path_gives_the_same_batches(run_dir: Path, trained_tokenizer: Tokenizer,
+                                                  tmp_path: Path) -> None:
+    from llm_jax.data.pretokenize import pretokenize
+
+    tokens = tmp_path / "tokens"
+    config = _config(run_dir, f"data.tokens_dir={tokens}")
+    meta = pretokenize(config, trained_tokenizer, progress=False)
+    assert meta["shards"] == 2 and pretokenize(config, trained_tokenizer, progress=False)["skipped"]
+    host = {"process_index": 0, "process_count": 1}
+    from_text = _take(make_batch_iterator(config, trained_tokenizer, **host), 8)
+    pre = load_config(None, [*_args(config), "data.pretokenized=true"])
+    from_ids = _take(make_batch_iterator(pre, trained_tokenizer, **host), 8)
+    for x, y in zip(from_text, from_ids):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    stale = json.loads((tokens / "meta.json").read_text())
+    stale["settings"]["tokenizer"] = "another"
+    (tokens / "meta.json").write_text(json.dumps(stale))
+    with pytest.raises(UserError, match="made from another corpus or tokenizer"):
+        make_batch_iterator(pre, trained_tokenizer, **host)
+
+
+def _args(config: Config) -> list[str]:
+    return [f"run_dir={config.run_dir}", f"data.seq_len={T}", f"train.batch_size={B}",
+            "data.eval_fraction=0.1", f"data.tokens_dir={config.data.tokens_dir}"]
+
+
+def test_configuration_errors(run_dir: Path, trained_tokenizer: Tokenizer, tmp_path: Path) -> None:
+    host = {"process_index": 0, "process_count": 1}
+    with pytest.raises(ConfigError, match="model.vocab_size"):
+        make_batch_iterator(_config(run_dir, "model.vocab_size=512"), trained_tokenizer, **host)
+    with pytest.raises(UserError, match="no complete curated corpus"):
+        make_batch_iterator(_config(tmp_path), trained_tokenizer, **host)
+    with pytest.raises(ConfigError, match="not divisible"):
+        make_batch_iterator(_config(run_dir), trained_tokenizer, process_index=0, process_count=3)
