@@ -1,7 +1,6 @@
 """The pretraining loop: metrics, determinism, checkpoints, resume after SIGKILL, preemption,
 resharding on restore, and skipped non-finite steps."""
 
-import json
 import os
 import signal
 import subprocess
