@@ -40,3 +40,11 @@ def test_plan_compiles_the_step_on_local_devices(capsys):
     assert main(["plan", "--config", "tiny", "mesh.fsdp=4", "mesh.tensor=2"]) == 0
     out = capsys.readouterr().out
     assert "compiled the step ahead of time" in out and "fsdp=4 x tensor=2" in out
+
+
+@pytest.mark.parametrize("preset, slice_name", [("llama3-8b-v5p-128", "v5p-128"),
+                                                ("llama3-8b-v5e-256", "v5e-256"),
+                                                ("llama3.2-1b-h100", "h100-1")])
+def test_scale_out_presets_fit_their_slice(preset, slice_name):
+    report = plan(load_config(preset), slice_name, compile_step=False)
+    assert "; fits" in report, report

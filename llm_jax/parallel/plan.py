@@ -69,7 +69,10 @@ def _shard_factor(spec: PartitionSpec, rules: dict[str, Any], sizes: dict[str, i
 def state_bytes_per_device(config: Config, sizes: dict[str, int]) -> tuple[float, float, int]:
     """(parameter bytes, optimizer-state bytes, parameter count) on one device."""
     tx = make_optimizer(config.optimizer, config.train.steps)
-    abstract, specs = abstract_train_state(config, tx)
+    # Shapes do not depend on the attention kernel, which may not exist on this machine.
+    shapes_only = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, attention="xla"))
+    abstract, specs = abstract_train_state(shapes_only, tx)
     rules = dict(axis_rules(config.mesh.rules))
     is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
 
