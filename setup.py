@@ -42,6 +42,7 @@ setup(
             "orjson==3.13.0",
             "alt-profanity-check==1.9.1",
             "scikit-learn==1.9.1",
+            "importlib_resources==7.1.0",  # tfds imports it to download and prepare a dataset
         ],
     },
     entry_points={"console_scripts": ["llm-jax=llm_jax.cli:main"]},

@@ -205,6 +205,7 @@ def _prepare_directory(out: Path, settings: dict[str, Any]) -> bool:
     if out.exists():
         if any(out.iterdir()) and not (out / WORK).is_dir():
             raise UserError(f"{out} exists and is not a curated corpus; choose another data.curated_dir")
+        print(f"curate: settings differ from the previous run in {out}; starting over", file=sys.stderr)
         shutil.rmtree(out)
     marker.parent.mkdir(parents=True)
     marker.write_text(json.dumps({"fingerprint": fingerprint, "settings": settings}, indent=2))
