@@ -69,10 +69,7 @@ def _shard_factor(spec: PartitionSpec, rules: dict[str, Any], sizes: dict[str, i
 def state_bytes_per_device(config: Config, sizes: dict[str, int]) -> tuple[float, float, int]:
     """(parameter bytes, optimizer-state bytes, parameter count) on one device."""
     tx = make_optimizer(config.optimizer, config.train.steps)
-    # Shapes do not depend on the attention kernel, which may not exist on this machine.
-    shapes_only = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, attention="xla"))
-    abstract, specs = abstract_train_state(shapes_only, tx)
+    abstract, specs = abstract_train_state(config, tx)
     rules = dict(axis_rules(config.mesh.rules))
     is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
 
@@ -121,11 +118,13 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True) -> str
     chip, chips = parse_slice(slice_name) if slice_name else (None, jax.device_count())
     sizes = mesh_shape(config.mesh, chips)
     check_fits_mesh(config, sizes)
-    params, opt, count = state_bytes_per_device(config, sizes)
+    # Shapes do not depend on the attention kernel, which may not exist on this machine.
+    shapes = dataclasses.replace(config, model=dataclasses.replace(config.model, attention="xla"))
+    params, opt, count = state_bytes_per_device(shapes, sizes)
     acts = activation_bytes_per_device(config, sizes)
     total = params + opt + acts
     seq = config.data.seq_len
-    flops = flops_per_token(config.model, seq)
+    flops = flops_per_token(shapes.model, seq)
     gib = lambda b: f"{b / 2**30:,.2f} GiB"  # noqa: E731
     lines = [
         f"model: {count / 1e9:.3f}B parameters, {config.model.num_layers} layers, "
