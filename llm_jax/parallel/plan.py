@@ -32,13 +32,14 @@ class Chip:
     hbm_bytes: float
     peak_flops: float  # dense bf16
     cores_per_chip: int  # a TPU slice's name counts TensorCores
+    platform: str  # jax.default_backend() on such a chip
 
 
 CHIPS = {
-    "v5e": Chip("TPU v5e", 16 * 2**30, 197e12, 1),
-    "v5p": Chip("TPU v5p", 95 * 2**30, 459e12, 2),
-    "v6e": Chip("TPU v6e", 32 * 2**30, 918e12, 1),
-    "h100": Chip("NVIDIA H100 80GB", 80 * 2**30, 989e12, 1),
+    "v5e": Chip("TPU v5e", 16 * 2**30, 197e12, 1, "tpu"),
+    "v5p": Chip("TPU v5p", 95 * 2**30, 459e12, 2, "tpu"),
+    "v6e": Chip("TPU v6e", 32 * 2**30, 918e12, 1, "tpu"),
+    "h100": Chip("NVIDIA H100 80GB", 80 * 2**30, 989e12, 1, "gpu"),
 }
 # XLA needs headroom beyond what this plan counts (fragmentation, collectives' buffers).
 USABLE_FRACTION = 0.9
@@ -144,11 +145,13 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True) -> str
         lines.append(f"{chip.name}: {gib(chip.hbm_bytes)} HBM per chip; {verdict} "
                      f"({total / chip.hbm_bytes:.0%} of HBM, {USABLE_FRACTION:.0%} usable)")
         lines.append(f"step time at 100% MFU: {step_time:.2f} s; at 50%: {2 * step_time:.2f} s")
-    if compile_step and chips == jax.device_count():
+    here = f"{jax.device_count()} {jax.default_backend()} devices"
+    if compile_step and chips == jax.device_count() and (
+            chip is None or chip.platform == jax.default_backend()):
         lines.append(_compiled_memory(config))
     elif compile_step:
-        lines.append(f"(ahead-of-time compile skipped: this process has {jax.device_count()} "
-                     f"devices, the plan is for {chips})")
+        lines.append(f"(ahead-of-time compile skipped: this process has {here}, the plan is "
+                     f"for {chips} {chip.name if chip else 'devices'})")
     return "\n".join(lines)
 
 
