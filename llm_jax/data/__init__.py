@@ -1,0 +1,16 @@
+"""The data stage: raw text -> curated corpus -> tokenizer -> token batches.
+
+    sources.py        where text comes from (files, JSONL, TFDS, the stdlib corpus)
+    stdlib_corpus.py  the built-in offline corpus: the Python standard library
+    curate.py         `llm-jax curate`: datatrove stages, resumable, with report.json
+    curate_steps.py   our datatrove steps (reader, tallies, kind routing, shard writer)
+    filters.py        the published filters by name; toxicity.py, the trained classifier
+    curate_report.py  report.json from datatrove's per-task stats
+    corpus.py         the curated corpus on disk (a TFDS dataset of ArrayRecord shards)
+    tokenizer.py      `llm-jax tokenizer`: SentencePiece BPE, wrapper, Hugging Face export
+    pretokenize.py    the corpus as token ids, for large runs
+    pipeline.py       grain batches for the train step (`make_batch_iterator`)
+
+Curation needs the `[data]` extra (datatrove and friends); reading a corpus, the tokenizer and
+the pipeline need only the base install.
+"""

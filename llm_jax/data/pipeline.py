@@ -25,8 +25,10 @@ and the loss is masked where the target is the first token of the next document.
 Order: documents are split once into train and eval (a fixed permutation, `data.eval_fraction`);
 each host keeps every `process_count`-th document of its split (`jax.process_index()`), so hosts
 read disjoint shards; train shuffles with the seed (a new order every epoch) and repeats forever;
-eval is one pass in fixed order with the last batch padded. The same config, seed and state give
-the same batches. `data.pretokenized=true` reads token ids written by `pretokenize.py` instead of
+eval reads its documents once in fixed order and gives exactly `eval.steps` batches, cutting the
+pass short or filling up with all-padding batches (loss_mask 0), so that every host takes the
+same number of eval steps; `eval.steps=0` gives the whole pass instead, its last batch padded.
+The same config, seed and state give the same batches. `data.pretokenized=true` reads token ids written by `pretokenize.py` instead of
 encoding text on the fly (same documents, same split, same batches).
 
 `data.worker_count > 0` runs the pipeline in that many grain worker processes, each packing its
@@ -159,6 +161,41 @@ class _PadBatch:
                                                     value.dtype)]) for key, value in batch.items()}
 
 
+class _EvalBatches:
+    """Exactly `steps` batches: those of `batches`, then all-padding ones."""
+
+    def __init__(self, batches: Any, steps: int, shape: tuple[int, int], pad_id: int) -> None:
+        self.batches, self.steps, self.taken = batches, steps, 0
+        self.empty = {
+            "inputs": np.full(shape, pad_id, np.int32), "targets": np.full(shape, pad_id, np.int32),
+            "segment_ids": np.zeros(shape, np.int32), "positions": np.zeros(shape, np.int32),
+            "loss_mask": np.zeros(shape, np.float32)}
+
+    def __iter__(self) -> "_EvalBatches":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.taken >= self.steps:
+            raise StopIteration
+        self.taken += 1
+        batch = next(self.batches, None) if self.batches is not None else None
+        if batch is None:
+            self.batches = None
+            return {key: value.copy() for key, value in self.empty.items()}
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        inner = self.batches.get_state() if self.batches is not None else None
+        return {"taken": self.taken, "batches": inner}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.taken = state["taken"]
+        if state["batches"] is None:
+            self.batches = None
+        else:
+            self.batches.set_state(state["batches"])
+
+
 def _documents(config: Config, tokenizer: Any) -> Any:
     """Random access to every document of the corpus: text, or token ids when pre-tokenized."""
     if config.data.pretokenized:
@@ -188,7 +225,7 @@ def make_batch_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Any:
-    """A grain `DatasetIterator` of batches (see module docstring) with get_state/set_state.
+    """An iterator of batches (see module docstring) with get_state/set_state (JSON-safe).
 
     `batch_size` is per host and defaults to `train.batch_size // process_count`; `seed`
     defaults to `config.seed`. The process arguments default to JAX's.
@@ -206,12 +243,15 @@ def make_batch_iterator(
     length = config.data.seq_len
     documents = _documents(config, tokenizer)
     chosen = split_indices(len(documents), config.data.eval_fraction, split)[index::count]
+    train = split == "train"
+    eval_steps = 0 if train else config.eval.steps
+    if len(chosen) == 0 and eval_steps:
+        return _EvalBatches(None, eval_steps, (batch_size, length), tokenizer.pad_id)
     if len(chosen) == 0:
         raise UserError(f"no documents for split {split!r} on host {index} of {count} "
                         f"({len(documents)} in the corpus, data.eval_fraction="
                         f"{config.data.eval_fraction})")
     ds = grain.MapDataset.source(_Subset(documents, chosen))
-    train = split == "train"
     if train:
         if config.data.shuffle:
             ds = ds.shuffle(seed=seed)
@@ -237,6 +277,8 @@ def make_batch_iterator(
         if not flags.FLAGS.is_parsed():  # grain 0.2.18 reads an absl flag when starting workers
             flags.FLAGS.mark_as_parsed()  # (google/grain#1355); defaults are what we want
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.worker_count))
+    if eval_steps:
+        return _EvalBatches(iter(it), eval_steps, (batch_size, length), tokenizer.pad_id)
     return iter(it)
 
 

@@ -161,12 +161,21 @@ def test_eval_is_one_padded_pass_over_held_out_documents(run_dir: Path, trained_
     held_out = split_indices(len(texts), 0.1, "eval")
     assert len(held_out) == round(0.1 * len(texts))
     assert not set(held_out) & set(split_indices(len(texts), 0.1, "train"))
-    batches = list(make_batch_iterator(_config(run_dir), tok, split="eval", process_index=0, process_count=1))
+    whole = _config(run_dir, "eval.steps=0")
+    batches = list(make_batch_iterator(whole, tok, split="eval", process_index=0, process_count=1))
     assert all(b["inputs"].shape == (B, T) for b in batches)
     expected_pairs = sum(len(tok.encode(texts[i])) + 1 for i in held_out)
     assert sum(batch_tokens(b) for b in batches) == expected_pairs
-    again = list(make_batch_iterator(_config(run_dir), tok, split="eval", process_index=0, process_count=1))
+    again = list(make_batch_iterator(whole, tok, split="eval", process_index=0, process_count=1))
     assert all(np.array_equal(x["targets"], y["targets"]) for x, y in zip(batches, again))
+    # With eval.steps every host yields exactly that many batches, padding after its share,
+    # even a host that has no held-out document at all.
+    steps = len(batches) + 3
+    for host, hosts in [(0, 2), (1, 2), (len(held_out), len(held_out) + 1)]:
+        config = _config(run_dir, f"eval.steps={steps}", f"train.batch_size={B * hosts}")
+        got = list(make_batch_iterator(config, tok, split="eval", process_index=host, process_count=hosts))
+        assert len(got) == steps and all(b["inputs"].shape == (B, T) for b in got)
+        assert got[-1]["loss_mask"].sum() == 0
 
 
 def test_pretokenized_path_gives_the_same_batches(run_dir: Path, trained_tokenizer: Tokenizer,
