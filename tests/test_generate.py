@@ -19,7 +19,9 @@ from llm_jax.infer.chat import chat_prompt  # noqa: E402
 from llm_jax.infer.completion import complete  # noqa: E402
 from llm_jax.infer.loading import load_model  # noqa: E402
 from llm_jax.infer.sampling import SamplingOptions, filter_top_k, filter_top_p  # noqa: E402
-from llm_jax.model.kv_cache import cache_shardings  # noqa: E402
+from llm_jax.config import ModelConfig  # noqa: E402
+from llm_jax.model import Transformer, init_params  # noqa: E402
+from llm_jax.model.kv_cache import cache_shardings, init_cache  # noqa: E402
 
 PROMPTS = [[1, 5, 9, 33, 41], [1, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [1, 20, 30]]
 NEW = 16
@@ -31,6 +33,26 @@ def imported(tmp_path_factory):
     ckpt, hf = imported_checkpoint(tmp_path_factory.mktemp("hf"))
     model = load_model(ckpt)
     return ckpt, hf, model, model.generator(length_bucket=16)
+
+
+def test_cached_logits_equal_the_full_forward_pass_with_ablation_switches():
+    # The default switches are covered by the comparison with transformers below.
+    config = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                         mlp_dim=48, max_seq_len=32, position="learned", norm="layernorm",
+                         mlp="gelu", qk_norm=True, remat="full", tie_embeddings=True)
+    params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(0))
+    model = Transformer(config)
+    forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens))
+    cached = jax.jit(lambda tokens, cache: model.apply({"params": params}, tokens, cache=cache))
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 64)
+    full = forward(tokens)
+    logits, cache = cached(tokens[:, :7], init_cache(config, 2, 16))
+    steps = [logits]
+    for t in range(7, 12):
+        logits, cache = cached(tokens[:, t:t + 1], cache)
+        steps.append(logits)
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+    assert int(cache.index) == 12 and cache.k.shape == (2, 2, 16, 2, 8)
 
 
 def hf_greedy(hf, prompts, eos):

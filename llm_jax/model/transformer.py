@@ -111,12 +111,14 @@ class Transformer(nn.Module):
         """Logits [batch, length, vocab] in fp32 (or the final hidden states).
 
         With `cache`, `tokens` fill slots `cache.index ...` and the result is
-        `(logits, updated cache)`; `positions` are then each row's own token positions.
+        `(logits, updated cache)`; `positions` are each row's own token positions (by default
+        the slots, right for rows without left padding).
         """
         cfg = self.config
         check_backend(cfg.attention)
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+            start = 0 if cache is None else cache.index  # unpadded rows: position == slot
+            positions = jnp.broadcast_to(start + jnp.arange(tokens.shape[1]), tokens.shape)
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)
         embed = Embed(cfg, name="embed")
