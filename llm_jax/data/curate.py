@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.dedup import (
@@ -50,7 +50,7 @@ from datatrove.pipeline.dedup import (
 )
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
 
-from llm_jax.config import Config
+from llm_jax.config import CURATE_FILTERS, CURATE_FORMATTERS, Config
 from llm_jax.data import corpus
 from llm_jax.data.corpus import curated_dir
 from llm_jax.data.curate_steps import (
@@ -126,32 +126,36 @@ class _Plan:
         return SampleWriter(str(self.work / "rejected" / name), self.samples)
 
 
-def _dedup_stages(config: Config, work: Path) -> list[dict[str, Any]]:
-    """Each enabled dedup as its signature step, global stages and filter step (datatrove's)."""
+@dataclasses.dataclass
+class _Dedup:
+    """One of datatrove's dedup methods as our plan uses it: a signature step at the end of a
+    stage, global stages over all signatures, and a filter step at the start of the next stage."""
+
+    name: str
+    signature: Any
+    global_stages: list[tuple[str, Any, int]]  # (name, step, tasks)
+    make_filter: Callable[[Any], Any]  # exclusion writer -> filter step
+
+
+def _dedups(config: Config, work: Path) -> list[_Dedup]:
+    c = config.curate
     dedups = []
-    if config.curate.exact_dedup:
+    if c.exact_dedup:
         cfg = ExactDedupConfig(content_getter=document_text)
         sigs, dups = str(work / "exact" / "signatures"), str(work / "exact" / "duplicates")
-        dedups.append({
-            "name": "exact_dedup",
-            "signature": lambda: ExactDedupSignature(sigs, config=cfg),
-            "global": [("exact find duplicates", lambda: ExactFindDedups(sigs, dups, config=cfg), 1)],
-            "filter": lambda writer: ExactDedupFilter(dups, config=cfg, exclusion_writer=writer),
-        })
-    if config.curate.minhash:
-        c = config.curate
+        dedups.append(_Dedup(
+            "exact_dedup", ExactDedupSignature(sigs, config=cfg),
+            [("exact find duplicates", ExactFindDedups(sigs, dups, config=cfg), 1)],
+            lambda writer: ExactDedupFilter(dups, config=cfg, exclusion_writer=writer)))
+    if c.minhash:
         mcfg = MinhashConfig(n_grams=c.minhash_ngrams, num_buckets=c.minhash_buckets,
                              hashes_per_bucket=c.minhash_hashes_per_bucket)
         sigs, buckets, clusters = (str(work / "minhash" / d) for d in ("signatures", "buckets", "clusters"))
-        dedups.append({
-            "name": "minhash",
-            "signature": lambda: MinhashDedupSignature(sigs, config=mcfg),
-            "global": [
-                ("minhash buckets", lambda: MinhashDedupBuckets(sigs, buckets, config=mcfg), c.minhash_buckets),
-                ("minhash clusters", lambda: MinhashDedupCluster(buckets, clusters, config=mcfg), 1),
-            ],
-            "filter": lambda writer: MinhashDedupFilter(clusters, exclusion_writer=writer),
-        })
+        dedups.append(_Dedup(
+            "minhash", MinhashDedupSignature(sigs, config=mcfg),
+            [("minhash buckets", MinhashDedupBuckets(sigs, buckets, config=mcfg), c.minhash_buckets),
+             ("minhash clusters", MinhashDedupCluster(buckets, clusters, config=mcfg), 1)],
+            lambda writer: MinhashDedupFilter(clusters, exclusion_writer=writer)))
     return dedups
 
 
@@ -162,28 +166,24 @@ def build_plan(config: Config, out: Path, source: Any) -> _Plan:
     workers = c.workers or min(c.tasks, os.cpu_count() or 1)
     plan = _Plan(work, c.tasks, workers, c.rejected_samples)
     kinds = steps_by_kind(c)
-    formatters = [name for name in kinds if name == "pii"]
-
-    def finish() -> None:
-        for name in formatters:
-            plan.step(name, KindFormatter(name, make_filter(name, c), kinds[name]), tuple(kinds[name]))
-        plan.append(CorpusWriter(str(out)))
 
     plan.stage("filter", SourceReader(source, str(work / "problems"), c.max_documents))
-    for name, applies_to in kinds.items():
-        if name not in formatters:
-            step = KindFilter(name, make_filter(name, c), applies_to, plan.rejected(name))
-            plan.step(name, step, tuple(applies_to))
-    dedups = _dedup_stages(config, work)
-    for i, dedup in enumerate(dedups):
-        handoff = str(work / "documents" / f"{i}-{dedup['name']}")
+    for name in CURATE_FILTERS:
+        if name in kinds:
+            step = KindFilter(name, make_filter(name, c), kinds[name], plan.rejected(name))
+            plan.step(name, step, tuple(kinds[name]))
+    for i, dedup in enumerate(_dedups(config, work)):
+        handoff = str(work / "documents" / f"{i}-{dedup.name}")
         plan.append(intermediate_writer(handoff))
-        plan.append(dedup["signature"]())
-        for name, make, tasks in dedup["global"]:
-            plan.global_stage(name, make(), tasks)
-        plan.stage(dedup["name"], RankFileReader(handoff))
-        plan.step(dedup["name"], dedup["filter"](plan.rejected(dedup["name"])), ("prose", "code"))
-    finish()
+        plan.append(dedup.signature)
+        for name, step, tasks in dedup.global_stages:
+            plan.global_stage(name, step, tasks)
+        plan.stage(dedup.name, RankFileReader(handoff))
+        plan.step(dedup.name, dedup.make_filter(plan.rejected(dedup.name)), ("prose", "code"))
+    for name in CURATE_FORMATTERS:
+        if name in kinds:
+            plan.step(name, KindFormatter(name, make_filter(name, c), kinds[name]), tuple(kinds[name]))
+    plan.append(CorpusWriter(str(out)))
     return plan
 
 
