@@ -1,0 +1,60 @@
+"""Each experiment runs end to end at a smoke scale and writes its table and plot."""
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ["train.steps=3", "train.log_every=1", "eval.steps=1", "curate.max_documents=60",
+         "curate.prose_steps=pii",
+         "curate.tasks=1", "tokenizer.vocab_size=512", "model.vocab_size=512"]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EXPERIMENT
+
+
+def test_norms_experiment_writes_table_csv_and_plot(tmp_path, capsys):
+    from llm_jax.experiment import main
+
+    main(load("norms"), ["--seeds", "2", "--out", str(tmp_path), *SMOKE])
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [(r["variant"], r["seed"]) for r in rows] == [
+        ("rmsnorm", "0"), ("rmsnorm", "1"), ("layernorm", "0"), ("layernorm", "1")]
+    assert len({r["eval_loss"] for r in rows}) == 4  # seeds and variants differ
+    table = (tmp_path / "results.md").read_text()
+    assert "| rmsnorm |" in table and "| layernorm |" in table and "±" in table
+    assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+    # A repeated command finds every run finished and retrains nothing.
+    before = (tmp_path / "rmsnorm" / "seed0" / "metrics.jsonl").read_text()
+    main(load("norms"), ["--seeds", "2", "--out", str(tmp_path), *SMOKE])
+    assert (tmp_path / "rmsnorm" / "seed0" / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("name", ["mlp_variants", "positions", "norms", "scaling"])
+def test_experiments_define_distinct_variants_for_both_scales(name):
+    from llm_jax.experiment import run_config
+
+    experiment = load(name)
+    assert {"tiny", "full"} <= set(experiment.scales)
+    for scale in ("tiny", "full"):
+        configs = [run_config(experiment, scale, Path("/tmp/x"), v, 0) for v in experiment.variants]
+        models = {c.model for c in configs}
+        assert len(models) == len(experiment.variants), f"{name} {scale}: variants coincide"
+
+
+def test_scaling_fit_recovers_a_known_exponent():
+    import importlib.util as util
+
+    spec = util.spec_from_file_location("scaling", ROOT / "experiments" / "scaling.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = [{"non_embedding_params": n, "eval_loss": 5.0 * n ** -0.08}
+               for n in (1e5, 3e5, 1e6, 3e6)]
+    [line] = module.fit_power_law(results)
+    assert "N^(-0.0800)" in line and "R² = 1.000" in line
