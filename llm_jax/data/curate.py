@@ -325,17 +325,18 @@ def curate(config: Config, progress: bool = True) -> dict[str, Any]:
                 break
     report = _build_report(config, plan, out, source.spec, resumed, time.time() - started, empty_at)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    problems = ReadProblems()
+    problems.update(report["read_problems"])
     if report["documents_in"] == 0:
-        problems = ReadProblems()
-        problems.update(report["read_problems"])
         examples = "".join(f"\n  {example}" for example in problems.examples[:5])
         raise UserError(f"nothing usable in {source.spec}: {problems.summary() or 'no text found'}{examples}")
     if empty_at is not None or report["documents_out"] == 0:
         last = next((s["name"] for s in reversed(report["steps"]) if s["documents_in"]), "the first step")
+        skipped = f" (unusable input skipped: {problems.summary()})" if problems.counts else ""
         raise UserError(
             f"the corpus is empty after curation: {last} removed the last documents of "
-            f"{report['documents_in']} read. See {out / 'report.json'} and {out / 'rejected'}; "
-            "loosen curate.prose_steps / curate.code_steps for this source."
+            f"{report['documents_in']} read{skipped}. See {out / 'report.json'} and "
+            f"{out / 'rejected'}; loosen curate.prose_steps / curate.code_steps for this source."
         )
     final = plan.stages[-1]
     position = len(final.pipeline) - 1
