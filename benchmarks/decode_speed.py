@@ -103,7 +103,10 @@ def main() -> None:
     header = ("implementation", "batch", "prefill+1 ms", "decode tok/s", "end-to-end tok/s",
               "compile s", "same tokens")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+
+    def line(row) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"
+
     print(line(header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:

@@ -99,7 +99,10 @@ def test_prefill_and_decode_compile_once(imported):
 def test_sampling_is_seeded_and_reduces_to_greedy(imported):
     *_, generator = imported
     prompts = PROMPTS[:2]
-    sample = lambda **kw: generator.generate(prompts, SamplingOptions(max_new_tokens=12, **kw))
+
+    def sample(**kw):
+        return generator.generate(prompts, SamplingOptions(max_new_tokens=12, **kw))
+
     greedy = sample()
     assert sample(temperature=1.5, seed=3) == sample(temperature=1.5, seed=3)
     assert sample(temperature=1.5, seed=3) != sample(temperature=1.5, seed=4)
