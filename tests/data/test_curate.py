@@ -183,3 +183,21 @@ def test_cli_prints_user_errors_without_traceback(tmp_path: Path, capsys: pytest
     assert "Traceback" not in err
     assert main(["curate", "--config", "tiny", f"run_dir={tmp_path}", "curate.prose_steps=gopher,c4"]) == 2
     assert "curate.prose_steps entry='gopher' is not supported" in capsys.readouterr().err
+
+
+def test_tokenizer_command_trains_on_the_corpus(curated: tuple, capsys: pytest.CaptureFixture) -> None:
+    from llm_jax.data.tokenizer import Tokenizer
+
+    report, out, config = curated
+    args = ["--config", "tiny", f"run_dir={config.run_dir}", "tokenizer.vocab_size=600",
+            "data.max_doc_chars=6000", "--no-progress"]
+    assert main(["tokenizer", *args, "--pretokenize"]) == 0
+    printed = capsys.readouterr().out
+    assert "600 tokens, trained in" in printed and f"{report['documents_out']:,} documents" in printed
+    model = Path(config.run_dir) / "tokenizer" / "tokenizer.model"
+    record = json.loads(model.with_name("training.json").read_text())
+    assert record["documents"] == report["documents_out"] and record["pad_id"] == 3
+    assert Tokenizer.load(model).vocab_size == 600
+    assert (Path(config.run_dir) / "tokens" / "meta.json").is_file()
+    assert main(["tokenizer", *args]) == 0
+    assert "already trained on this corpus" in capsys.readouterr().out
