@@ -95,8 +95,10 @@ def main() -> None:
                                 ("transformers generate", theirs, "-")):
             first = best_time(lambda: fn(1), args.repeats)
             full = best_time(lambda: fn(args.new_tokens), args.repeats)
-            decode_rate = batch * (args.new_tokens - 1) / max(full - first, 1e-9)
-            rows.append((name, batch, f"{first * 1e3:.1f}", f"{decode_rate:,.0f}",
+            # Too few new tokens for the timer: the difference drowns in noise.
+            decode_rate = (f"{batch * (args.new_tokens - 1) / (full - first):,.0f}"
+                           if full > 1.05 * first else "n/a")
+            rows.append((name, batch, f"{first * 1e3:.1f}", decode_rate,
                          f"{batch * args.new_tokens / full:,.0f}", extra,
                          "yes" if same else "NO"))
 
@@ -111,10 +113,13 @@ def main() -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print(line(row))
-    ratio = {b: float(rows[2 * i][3].replace(",", "")) / float(rows[2 * i + 1][3].replace(",", ""))
-             for i, b in enumerate(args.batch)}
-    print("decode speed ratio llm_jax / transformers: "
-          + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratio.items()))
+    ratios = []
+    for i, batch in enumerate(args.batch):
+        ours, theirs = rows[2 * i][3], rows[2 * i + 1][3]
+        if "n/a" not in (ours, theirs):
+            ratio = float(ours.replace(",", "")) / float(theirs.replace(",", ""))
+            ratios.append(f"batch {batch}: {ratio:.2f}x")
+    print("decode speed ratio llm_jax / transformers: " + (", ".join(ratios) or "n/a"))
 
 
 if __name__ == "__main__":
