@@ -41,27 +41,25 @@ def _optional_id(value: int | None) -> int | None:
 
 
 class SentencePieceTokenizer:
-    """Our trained BPE model, read with the `sentencepiece` library."""
+    """Our trained BPE model (`llm_jax.data.tokenizer.Tokenizer`) behind this interface."""
 
     chat_template = None
 
     def __init__(self, model_file: str | Path):
-        import sentencepiece as spm
+        from llm_jax.data.tokenizer import Tokenizer as BpeTokenizer
 
-        self.processor = spm.SentencePieceProcessor(model_file=str(model_file))
-        self.bos_id = _optional_id(self.processor.bos_id())
-        self.eos_id = _optional_id(self.processor.eos_id())
-        self.eos_ids = () if self.eos_id is None else (self.eos_id,)
-        pad = _optional_id(self.processor.pad_id())
-        self.pad_id = pad if pad is not None else (self.eos_id or 0)
-        self.vocab_size = self.processor.get_piece_size()
+        self.bpe = BpeTokenizer.load(model_file)
+        self.bos_id = self.bpe.bos_id
+        self.eos_id = self.bpe.eos_id
+        self.eos_ids = (self.eos_id,)
+        self.pad_id = self.bpe.pad_id
+        self.vocab_size = self.bpe.vocab_size
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        ids = list(self.processor.encode(text))
-        return _with_specials(ids, self.bos_id if bos else None, self.eos_id if eos else None)
+        return self.bpe.encode(text, bos=bos, eos=eos)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.processor.decode([int(i) for i in ids])
+        return self.bpe.decode([int(i) for i in ids])
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
         raise UserError("this SentencePiece tokenizer ships no chat template")
