@@ -65,11 +65,11 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from llm_jax.config import load_config
-    from llm_jax.train.data import TrainingData
     from llm_jax.train.loop import train
+    from llm_jax.train.post_data import training_data
 
     config = load_config(args.config, args.overrides)
-    data = TrainingData(config)
+    data = training_data(config)  # the corpus for lm; records for sft, dpo, reward and ppo
     data.copy_tokenizer_to(config.run_dir)
     result = train(config, data, progress=not args.no_progress)
     summary = ", ".join(f"{k} {v:.4f}" for k, v in result.eval.items())

@@ -287,6 +287,112 @@ class TrainConfig:
             )
 
 
+CHAT_TEMPLATES = ("auto", "chatml", "llama3", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class PostTrainConfig:
+    """Post-training data (objectives sft, dpo, reward, ppo): records, chat template, checks.
+
+    Record kinds are recognized by their fields (llm_jax/data/records.py); every record that is
+    dropped is counted by reason, and a run stops when more than `max_skipped_fraction` is.
+    """
+
+    data: str = ""  # JSONL files (.jsonl or .jsonl.gz): comma-separated paths or globs
+    template: str = "auto"  # chatml | llama3 | none | auto: llama3 if its tokens exist, else chatml
+    system: str = ""  # system message put before every conversation that has none
+    eval_fraction: float = 0.05  # held-out share of the records, for eval.every
+    max_skipped_fraction: float = 0.1
+    packing: bool = True  # sft: several examples per row, no attention or loss across them
+
+    def __post_init__(self) -> None:
+        _check_choice("post.template", self.template, CHAT_TEMPLATES)
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"post.eval_fraction={self.eval_fraction} must be in [0, 1)")
+        if not 0 <= self.max_skipped_fraction <= 1:
+            raise ConfigError(
+                f"post.max_skipped_fraction={self.max_skipped_fraction} must be in [0, 1]")
+
+
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+
+
+@dataclasses.dataclass(frozen=True)
+class DpoConfig:
+    """Direct preference optimization (Rafailov et al. 2023) and its variants."""
+
+    beta: float = 0.1
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo (Azar et al.) | hinge (SLiC) | robust (rDPO)
+    label_smoothing: float = 0.0  # robust: the assumed share of flipped labels, in [0, 0.5)
+    reference: str = "model"  # model: frozen copy in the train state | precomputed: one pass
+
+    def __post_init__(self) -> None:
+        _check_positive("dpo.beta", self.beta)
+        _check_choice("dpo.loss", self.loss, DPO_LOSSES)
+        _check_choice("dpo.reference", self.reference, ("model", "precomputed"))
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"dpo.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
+        if self.label_smoothing and self.loss != "robust":
+            raise ConfigError("dpo.label_smoothing only applies to dpo.loss=robust")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """Reward model: Bradley-Terry loss on a scalar head."""
+
+    center_coef: float = 0.0  # weight of mean(r)^2 that keeps rewards centered (Eisenstein et al.)
+
+    def __post_init__(self) -> None:
+        _check_positive("reward.center_coef", self.center_coef, allow_zero=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class PpoConfig:
+    """RLHF with PPO (Ouyang et al. 2022; Schulman et al. 2017), or GRPO (Shao et al. 2024).
+
+    Each rollout samples `train.batch_size * ppo.minibatches` responses (times `group_size`
+    for grpo); the next `epochs * minibatches` train steps are PPO updates on them.
+    """
+
+    algorithm: str = "ppo"  # ppo (value head, GAE) | grpo (group-normalized scores, no critic)
+    reward: str = ""  # a reward model checkpoint directory, or module:function (reward.py)
+    kl_coef: float = 0.05  # per-token KL penalty against the reference (grpo: loss weight)
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    value_clip_range: float = 0.2
+    vf_coef: float = 0.1
+    whiten_advantages: bool = True
+    epochs: int = 1  # passes over each rollout
+    minibatches: int = 1  # train steps per pass
+    group_size: int = 4  # grpo: responses per prompt
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_choice("ppo.algorithm", self.algorithm, ("ppo", "grpo"))
+        for key in ("kl_coef", "vf_coef"):
+            _check_positive(f"ppo.{key}", getattr(self, key), allow_zero=True)
+        for key in ("gamma", "gae_lambda"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"ppo.{key}={getattr(self, key)} must be in [0, 1]")
+        for key in ("clip_range", "value_clip_range", "temperature"):
+            _check_positive(f"ppo.{key}", getattr(self, key))
+        for key in ("epochs", "minibatches", "max_new_tokens"):
+            _check_positive(f"ppo.{key}", getattr(self, key))
+        if self.algorithm == "grpo" and self.group_size < 2:
+            raise ConfigError(f"ppo.group_size={self.group_size} must be at least 2 for grpo")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"ppo.top_p={self.top_p} must be in (0, 1]")
+        _check_positive("ppo.top_k", self.top_k, allow_zero=True)
+
+    @property
+    def updates_per_rollout(self) -> int:
+        return self.epochs * self.minibatches
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     every: int = 200
@@ -315,6 +421,10 @@ class Config:
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     eval: EvalConfig = EvalConfig()
+    post: PostTrainConfig = PostTrainConfig()
+    dpo: DpoConfig = DpoConfig()
+    reward: RewardConfig = RewardConfig()
+    ppo: PpoConfig = PpoConfig()
 
     def __post_init__(self) -> None:
         if self.data.seq_len > self.model.max_seq_len:

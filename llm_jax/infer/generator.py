@@ -124,13 +124,17 @@ class Generator:
                     f"{self.config.max_seq_len - 1} tokens so one can be generated")
 
     def generate(self, prompts: Sequence[Sequence[int]], options: SamplingOptions,
-                 should_stop: StopCheck | None = None, check_every: int = 16) -> list[list[int]]:
+                 should_stop: StopCheck | None = None, check_every: int = 16,
+                 params: Any = None) -> list[list[int]]:
         """New tokens of each prompt, ending with an EOS id where one was generated.
 
         Generation stops at `options.max_new_tokens` or where a row would run past the
         model's context. `should_stop` is asked every `check_every` tokens about each
         unfinished row (stop strings need the text, which only the host can decode).
+        `params` (same shapes) replace the constructor's for this call without compiling
+        again: PPO samples from the policy as it trains.
         """
+        params = self.params if params is None else params
         self.check_prompts(prompts)
         longest = max(len(p) for p in prompts)
         max_new = min(options.max_new_tokens, self.config.max_seq_len - longest)
@@ -153,7 +157,7 @@ class Generator:
         key = jax.random.key(options.seed)
 
         with self._context():
-            state = self._prefill(self.params, tokens, positions, segments, lengths, active,
+            state = self._prefill(params, tokens, positions, segments, lengths, active,
                                   knobs, key, self.eos, new_slots=new_slots)
             chunk = check_every if should_stop else max_new
             while True:
@@ -169,7 +173,7 @@ class Generator:
                         state = state.replace(done=jnp.asarray(done))
                 if step >= max_new or done.all():
                     break
-                state = self._decode(self.params, state, knobs, self.eos,
+                state = self._decode(params, state, knobs, self.eos,
                                      jnp.int32(min(step + chunk, max_new)))
         host_tokens, generated = np.asarray(state.tokens), np.asarray(state.generated)
         return [host_tokens[i, :generated[i]].tolist() for i in range(len(prompts))]

@@ -14,8 +14,8 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llm_jax.config import Config
-from llm_jax.model.params import init_boxed_params
 from llm_jax.parallel.rules import Rules, axis_rules
+from llm_jax.train.heads import init_train_params
 from llm_jax.train.state import TrainState
 
 BATCH_AXES = ("act_batch", "act_length")
@@ -44,7 +44,7 @@ def create_train_state(config: Config, mesh: Mesh, tx, rng: jax.Array) -> tuple[
     rules = axis_rules(config.mesh.rules)
 
     def boxed_state(key):
-        return TrainState.create(init_boxed_params(config.model, key), tx)
+        return TrainState.create(init_train_params(config, key), tx)
 
     abstract = jax.eval_shape(boxed_state, rng)
     shardings = logical_to_shardings(abstract, mesh, rules)
@@ -56,7 +56,7 @@ def create_train_state(config: Config, mesh: Mesh, tx, rng: jax.Array) -> tuple[
 def abstract_train_state(config: Config, tx) -> tuple[TrainState, Any]:
     """Shapes of the train state and their logical partition specs, allocating nothing."""
     abstract = jax.eval_shape(
-        lambda: TrainState.create(init_boxed_params(config.model, jax.random.key(0)), tx))
+        lambda: TrainState.create(init_train_params(config, jax.random.key(0)), tx))
     return nn.unbox(abstract), nn.get_partition_spec(abstract)
 
 

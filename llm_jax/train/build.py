@@ -14,6 +14,7 @@ from llm_jax.config import Config
 from llm_jax.parallel.rules import Rules, axis_rules
 from llm_jax.parallel.sharding import batch_sharding, create_train_state, jit_train_step
 from llm_jax.train.forward import make_forward
+from llm_jax.train.init_from import attach_reference
 from llm_jax.train.objectives import Objective, make_objective
 from llm_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from llm_jax.train.state import TrainState
@@ -62,6 +63,7 @@ def build_training(config: Config, mesh: Mesh, rng: jax.Array | None = None) -> 
     tx = make_optimizer(config.optimizer, config.train.steps)
     rng = jax.random.key(config.seed) if rng is None else rng
     state, shardings = create_train_state(config, mesh, tx, rng)
+    state, shardings = attach_reference(config, state, shardings)
     schedule, objective, step = _objective_and_step(config, mesh, tx, shardings)
     rules = axis_rules(config.mesh.rules)
     return Training(config, mesh, rules, tx, schedule, objective, state, shardings, step,

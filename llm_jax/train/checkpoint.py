@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 
 from llm_jax.config import Config, from_dict, load_yaml, save_config
 from llm_jax.errors import UserError
-from llm_jax.model import abstract_params
+from llm_jax.train.heads import abstract_train_params
 
 CONFIG_FILE = "config.yaml"
 STEPS_DIR = "checkpoints"
@@ -73,7 +73,7 @@ def restore_params(checkpoint: str | Path, shardings: Any = None) -> tuple[Confi
     """(config, params) from a checkpoint; `shardings` places each parameter's shards."""
     run_dir, step = resolve(checkpoint)
     config = load_run_config(run_dir)
-    abstract = abstract_params(config.model)
+    abstract = abstract_train_params(config)  # the model, and the head its objective trains
     if shardings is not None:
         abstract = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
@@ -95,13 +95,16 @@ def save_train_state(manager: ocp.CheckpointManager, state: Any, data_state: Any
                      seed: int) -> None:
     """One step with everything a resumed run needs; asynchronous when the manager is."""
     step = int(jax.device_get(state.step))
-    manager.save(step, args=ocp.args.Composite(
+    items = dict(
         params=ocp.args.StandardSave(state.params),
         opt_state=ocp.args.StandardSave(state.opt_state),
         meta=ocp.args.JsonSave({"step": step, "bad_steps": int(jax.device_get(state.bad_steps)),
                                 "seed": seed}),
         data=ocp.args.JsonSave(data_state),
-    ))
+    )
+    if state.reference is not None:  # DPO / PPO: the frozen initial policy
+        items["reference"] = ocp.args.StandardSave(state.reference)
+    manager.save(step, args=ocp.args.Composite(**items))
 
 
 def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
@@ -110,12 +113,15 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
     saved run's, in which case Orbax reshards onto the new mesh."""
     target = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
-    restored = manager.restore(step, args=ocp.args.Composite(
+    items = dict(
         params=ocp.args.StandardRestore(target.params),
         opt_state=ocp.args.StandardRestore(target.opt_state),
         meta=ocp.args.JsonRestore(),
         data=ocp.args.JsonRestore(),
-    ))
+    )
+    if abstract_state.reference is not None:
+        items["reference"] = ocp.args.StandardRestore(target.reference)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
     meta = restored["meta"]
     state = abstract_state.replace(
         step=jax.device_put(jax.numpy.asarray(meta["step"], jax.numpy.int32), shardings.step),
@@ -124,4 +130,6 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
         bad_steps=jax.device_put(jax.numpy.asarray(meta["bad_steps"], jax.numpy.int32),
                                  shardings.bad_steps),
     )
+    if abstract_state.reference is not None:
+        state = state.replace(reference=restored["reference"])
     return state, restored["data"]

@@ -16,8 +16,9 @@ def make_forward(config: Config, mesh: Mesh | None = None) -> Forward:
     model = Transformer(config.model, pipeline_stages=stages,
                         pipeline_microbatches=config.train.microbatches)
 
-    def forward(params, batch: Batch):
+    def forward(params, batch: Batch, return_hidden: bool = False):
+        """Logits, or the final hidden states for heads (reward model, PPO's critic)."""
         return model.apply({"params": params}, batch["inputs"], batch["positions"],
-                           batch["segment_ids"])
+                           batch["segment_ids"], return_hidden=return_hidden)
 
     return forward

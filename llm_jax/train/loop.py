@@ -31,6 +31,7 @@ from llm_jax.train import checkpoint
 from llm_jax.train.flops import flops_per_token, peak_flops_per_device
 from llm_jax.train.forward import make_forward
 from llm_jax.train.build import build_training
+from llm_jax.train.init_from import initialize_from
 from llm_jax.train.losses import cross_entropy_sums
 from llm_jax.train.metrics import MetricsLogger
 
@@ -73,12 +74,8 @@ def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array
 
 
 def _init_params_from(config: Config, state, shardings):
-    """Fine-tuning: replaces the freshly initialized params by a checkpoint's."""
-    source_config, params = checkpoint.restore_params(config.train.init_from, shardings.params)
-    if source_config.model != config.model:
-        raise UserError(f"train.init_from={config.train.init_from} holds a different model; "
-                        "its model section must equal this run's")
-    return state.replace(params=params)
+    """Fine-tuning: replaces the freshly initialized params (and reference) by a checkpoint's."""
+    return initialize_from(config, state, shardings)
 
 
 def evaluate(eval_step, state, batches: Iterator[dict], sharding, steps: int,
@@ -143,6 +140,12 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
     elif config.train.init_from:
         state = _init_params_from(config, state, shardings)
     start = start or 0
+    # Post-training data may need the model: reference log-probs computed before the first
+    # step, PPO's rollouts sampled from the current policy, and its own evaluation.
+    if hasattr(data, "attach"):
+        data.attach(training, state)
+    device_batch = getattr(data, "device_batch", None)
+    own_eval = getattr(data, "evaluate", None)
 
     seq_len = config.data.seq_len
     tokens_per_step = config.train.batch_size * seq_len
@@ -164,7 +167,9 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
         for step in range(start, total_steps):
             if profile and step == profile[0]:
                 jax.profiler.start_trace(str(run_dir / "profile"))
-            state, metrics = step_fn(state, _global_batch(next(train_batches), sharding))
+            local = next(train_batches)
+            batch = device_batch(state, local) if device_batch else _global_batch(local, sharding)
+            state, metrics = step_fn(state, batch)
             window_steps += 1
             done = step + 1
             if profile and done == profile[1]:
@@ -181,8 +186,9 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
                 if pipelined:
                     record["pipeline_bubble"] = bubble
                 if eval_due:
-                    eval_metrics = evaluate(eval_fn, state, data.eval_iterator(), sharding,
-                                            config.eval.steps, data.token_bytes)
+                    eval_metrics = own_eval(state) if own_eval else evaluate(
+                        eval_fn, state, data.eval_iterator(), sharding, config.eval.steps,
+                        data.token_bytes)
                     record.update(eval_metrics)
                 logger.log(done, record)
                 bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}")

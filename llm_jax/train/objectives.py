@@ -29,10 +29,24 @@ def lm_objective(config: Config, forward: Forward) -> Objective:
     return objective
 
 
-OBJECTIVES: dict[str, Callable[[Config, Forward], Objective]] = {"lm": lm_objective}
+# SFT is the same next-token loss: its batches' loss_mask is 1 only on the assistant's tokens.
+OBJECTIVES: dict[str, Callable[[Config, Forward], Objective]] = {"lm": lm_objective,
+                                                                 "sft": lm_objective}
+
+
+def _register_post_training() -> None:
+    """The preference and RL objectives, imported on first use: they build on this module."""
+    from llm_jax.train.dpo import dpo_objective
+    from llm_jax.train.ppo import ppo_objective
+    from llm_jax.train.reward_model import reward_objective
+
+    for name, factory in (("dpo", dpo_objective), ("reward", reward_objective),
+                          ("ppo", ppo_objective)):
+        OBJECTIVES.setdefault(name, factory)
 
 
 def make_objective(config: Config, forward: Forward) -> Objective:
+    _register_post_training()
     name = config.train.objective
     if name not in OBJECTIVES:
         from llm_jax.errors import UserError

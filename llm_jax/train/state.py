@@ -11,12 +11,15 @@ import jax.numpy as jnp
 
 @flax.struct.dataclass
 class TrainState:
-    """`step` counts batches consumed; `bad_steps` counts consecutive skipped (non-finite) ones."""
+    """`step` counts batches consumed; `bad_steps` counts consecutive skipped (non-finite) ones;
+    `reference` is a frozen copy of the initial params for objectives that compare against
+    them (DPO, PPO; see `init_from.py`), else None."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     bad_steps: jax.Array
+    reference: Any = None
 
     @classmethod
     def create(cls, params: Any, tx) -> "TrainState":

@@ -8,6 +8,7 @@ leaves the parameters and optimizer state untouched and is counted in `bad_steps
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -53,8 +54,10 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation,
     """The un-jitted step; `llm_jax.parallel.sharding.jit_train_step` compiles it for a mesh."""
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        numerator, sums, grads = accumulate_gradients(objective, state.params, batch,
-                                                      microbatches)
+        # The frozen reference (DPO, PPO) is an input of the objective, never differentiated.
+        loss_fn = (objective if state.reference is None
+                   else functools.partial(objective, reference=state.reference))
+        numerator, sums, grads = accumulate_gradients(loss_fn, state.params, batch, microbatches)
         denominator = jnp.maximum(sums["denominator"], 1.0)
         loss = numerator / denominator
         grads = jax.tree.map(lambda g: g / denominator, grads)
@@ -63,7 +66,7 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation,
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        new_state = TrainState(
+        new_state = state.replace(
             step=state.step + 1,
             params=keep(params, state.params),
             opt_state=keep(opt_state, state.opt_state),

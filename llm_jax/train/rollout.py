@@ -1,0 +1,211 @@
+"""PPO's experience: responses sampled from the current policy with the KV-cache generator,
+scored, and turned into training rows (the contract in `ppo.py`).
+
+One rollout:
+
+1. the prompts (each repeated `ppo.group_size` times for GRPO) are sampled from the policy's
+   current parameters by `Generator` (one compiled prefill and decode loop, reused every time),
+   stopping at the chat template's end-of-turn ids or `ppo.max_new_tokens`;
+2. each response is scored, by a programmatic reward on the decoded text (host) or by a reward
+   model checkpoint (a forward pass on the mesh);
+3. one jitted, sharded pass computes, for every response token, the policy's and the
+   reference's log-probs and the critic's values (in chunks of `train.batch_size` rows, the
+   memory of one train step's forward), then rewards with the per-token KL penalty, GAE and
+   whitened advantages (PPO) or group-normalized advantages (GRPO), over the whole rollout.
+
+The train steps that follow each take `train.batch_size` rows of it, in a new random order for
+every epoch. Rollouts are generated on each process from its own prompts, so they need a mesh
+within one host (every local test and single-host accelerator); the scoring pass is sharded
+like the train step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llm_jax.config import Config
+from llm_jax.errors import UserError
+from llm_jax.infer.generator import Generator
+from llm_jax.infer.sampling import SamplingOptions
+from llm_jax.parallel.sharding import logical_to_shardings, sharding_context
+from llm_jax.train import checkpoint
+from llm_jax.train.advantages import gae, group_advantages, kl_rewards, whiten
+from llm_jax.train.forward import make_forward
+from llm_jax.train.heads import init_train_params, lm_logits
+from llm_jax.train.logprobs import sequence_logprobs
+from llm_jax.train.objective_eval import to_global
+from llm_jax.train.ppo import forward_batch, policy_outputs
+from llm_jax.train.reward_model import sequence_scores
+from llm_jax.train.rewards import RewardFunction
+from llm_jax.train.step import split_microbatches
+
+ROW_FIELDS = ("tokens", "positions", "segment_ids", "response_mask", "scores")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    tokens: np.ndarray  # int32, ending with the opening of the assistant's reply
+    text: str  # the same, rendered as text, for programmatic rewards
+    record: dict  # the JSON record it came from
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardModel:
+    config: Config
+    params: Any
+
+
+def load_reward_model(directory: str, training: Any) -> RewardModel:
+    """A reward model checkpoint (objective `reward`), placed on the run's mesh."""
+    run_dir, _ = checkpoint.resolve(directory)
+    config = checkpoint.load_run_config(run_dir)
+    if config.train.objective != "reward":
+        raise UserError(f"ppo.reward={directory} is a {config.train.objective} "
+                        "checkpoint, not a reward model (train.objective=reward)")
+    boxed = jax.eval_shape(lambda: init_train_params(config, jax.random.key(0)))
+    shardings = logical_to_shardings(boxed, training.mesh, training.rules)
+    _, params = checkpoint.restore_params(run_dir, shardings)
+    return RewardModel(config, params)
+
+
+def _last_token_one_hot(segment_ids: jnp.ndarray) -> jnp.ndarray:
+    last = jnp.maximum(jnp.sum(segment_ids > 0, axis=1) - 1, 0)
+    return jax.nn.one_hot(last, segment_ids.shape[1], dtype=jnp.float32)
+
+
+def _merge_chunks(x: jnp.ndarray) -> jnp.ndarray:
+    """Inverse of `split_microbatches`: [count, rows, ...] -> [rows * count, ...]."""
+    return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+
+
+class Rollouts:
+    """Samples, scores and prepares PPO/GRPO rows for one run."""
+
+    def __init__(self, config: Config, training: Any, prompts: Sequence[Prompt],
+                 stop_ids: Sequence[int], pad_id: int, decode: Any,
+                 reward: RewardFunction | None = None, reward_model: RewardModel | None = None):
+        self.config, self.training = config, training
+        self.prompts, self.pad_id, self.decode = prompts, pad_id, decode
+        self.reward, self.reward_model = reward, reward_model
+        self.stop_ids = tuple(stop_ids)
+        self.generator = Generator(config.model, None, eos_ids=self.stop_ids, pad_id=pad_id,
+                                   length_bucket=min(64, config.data.seq_len),
+                                   mesh=training.mesh, rules=training.rules)
+        self._forward = make_forward(config, training.mesh)
+        self._rm_forward = None if reward_model is None else make_forward(reward_model.config)
+        rows = training.batch_sharding
+        self._score = jax.jit(self._score_fn, static_argnames="chunks", out_shardings=rows)
+        self._select = jax.jit(lambda experience, index: jax.tree.map(lambda x: x[index],
+                                                                      experience),
+                               out_shardings=rows)
+        self._rm_scores = jax.jit(self._rm_scores_fn, out_shardings=rows)
+
+    # -- sampling (host)
+
+    def sample(self, params: Any, indices: Sequence[int], seed: int,
+               greedy: bool = False) -> dict[str, np.ndarray]:
+        """Local rows [n, T] of prompts + sampled responses, with programmatic scores."""
+        cfg, length = self.config.ppo, self.config.data.seq_len
+        options = SamplingOptions(max_new_tokens=cfg.max_new_tokens,
+                                  temperature=0.0 if greedy else cfg.temperature,
+                                  top_k=cfg.top_k, top_p=cfg.top_p, seed=seed)
+        prompts = [self.prompts[i] for i in indices]
+        responses = self.generator.generate([p.tokens.tolist() for p in prompts], options,
+                                            params=params)
+        n = len(prompts)
+        out = {"tokens": np.full((n, length), self.pad_id, np.int32),
+               "positions": np.zeros((n, length), np.int32),
+               "segment_ids": np.zeros((n, length), np.int32),
+               "response_mask": np.zeros((n, length), np.float32),
+               "scores": np.zeros((n, length), np.float32)}
+        texts = []
+        for i, (prompt, response) in enumerate(zip(prompts, responses)):
+            sequence = np.concatenate([prompt.tokens, np.asarray(response, np.int32)])[:length]
+            end = len(sequence)
+            out["tokens"][i, :end] = sequence
+            out["positions"][i, :end] = np.arange(end)
+            out["segment_ids"][i, :end] = 1
+            out["response_mask"][i, len(prompt.tokens):end] = 1.0
+            body = response[:-1] if response and response[-1] in self.stop_ids else response
+            texts.append(self.decode(body))
+        if self.reward is not None:
+            scores = np.asarray(self.reward([p.text for p in prompts], texts,
+                                            [p.record for p in prompts]), np.float32)
+            if scores.shape != (n,):
+                raise ValueError(f"ppo.reward returned {scores.shape[0]} scores for {n} replies")
+            last = out["segment_ids"].sum(axis=1) - 1
+            out["scores"][np.arange(n), last] = scores
+        return out
+
+    # -- scoring and advantages (device)
+
+    def _rm_scores_fn(self, rm_params, batch):
+        rm = self.reward_model
+        scores = sequence_scores(rm.config.model, self._rm_forward, rm_params,
+                                 forward_batch(batch))
+        return _last_token_one_hot(batch["segment_ids"]) * scores[:, None]
+
+    def _score_fn(self, params, reference, rm_params, batch, chunks: int):
+        cfg = self.config.ppo
+
+        def one(chunk):
+            logps, values, _ = policy_outputs(self.config, self._forward, params, chunk)
+            ref_hidden = self._forward(reference, forward_batch(chunk), return_hidden=True)
+            ref_logits = lm_logits(self.config.model, reference, ref_hidden) / cfg.temperature
+            out = {"old_logprobs": logps,
+                   "ref_logprobs": sequence_logprobs(ref_logits, chunk["tokens"]),
+                   "old_values": jnp.zeros_like(logps) if values is None else values}
+            if rm_params is not None:
+                out["scores"] = self._rm_scores_fn(rm_params, chunk)
+            return out
+
+        scored = jax.lax.map(one, split_microbatches(batch, chunks))
+        scored = jax.tree.map(_merge_chunks, scored)
+        mask = batch["response_mask"]
+        old, ref = scored["old_logprobs"] * mask, scored["ref_logprobs"] * mask
+        scores = scored.get("scores", batch["scores"])
+        sequence_scores_ = jnp.sum(scores, axis=1)
+        if cfg.algorithm == "ppo":
+            values = scored["old_values"] * mask
+            rewards = kl_rewards(sequence_scores_, old, ref, mask, cfg.kl_coef)
+            advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
+            if cfg.whiten_advantages:
+                advantages = whiten(advantages, mask)
+        else:
+            values = returns = jnp.zeros_like(old)
+            advantages = group_advantages(sequence_scores_, cfg.group_size)[:, None] * mask
+        return {**{k: batch[k] for k in ROW_FIELDS if k != "scores"}, "scores": scores,
+                "old_logprobs": old, "ref_logprobs": ref, "old_values": values,
+                "returns": returns, "advantages": advantages, "kl": old - ref}
+
+    def experience(self, state: Any, rows: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Global rollout arrays [N, T] from every process's local rows."""
+        batch = to_global(rows, self.training.batch_sharding)
+        rm_params = None if self.reward_model is None else self.reward_model.params
+        chunks = max(1, batch["tokens"].shape[0] // self.config.train.batch_size)
+        with sharding_context(self.training.mesh, self.training.rules):
+            return self._score(state.params, state.reference, rm_params, batch, chunks=chunks)
+
+    def select(self, experience: dict[str, jax.Array], rows: np.ndarray) -> dict[str, jax.Array]:
+        """Rows of the rollout (a minibatch), placed like a train batch."""
+        with sharding_context(self.training.mesh, self.training.rules):
+            return self._select(experience, jnp.asarray(rows, jnp.int32))
+
+    def scores(self, rows: dict[str, np.ndarray]) -> np.ndarray:
+        """The score of each local row: programmatic ones as sampled, or the reward model's."""
+        if self.reward_model is None:
+            return rows["scores"].sum(axis=1)
+        batch = to_global(rows, self.training.batch_sharding)
+        with sharding_context(self.training.mesh, self.training.rules):
+            scored = self._rm_scores(self.reward_model.params, batch)
+        return np.asarray(jax.device_get(scored)).sum(axis=1)[:len(rows["tokens"])]
+
+
+def rollout_seed(seed: int, step: int) -> int:
+    """A different sampling seed for every rollout of a run, the same on a rerun."""
+    return int(np.random.default_rng([seed, step]).integers(0, 2**31 - 1))
