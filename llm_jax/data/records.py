@@ -108,7 +108,8 @@ class SkipReport:
                             self.samples.items() if samples)
         if self.examples == 0:
             raise UserError(f"{self.summary()}: nothing to train on. {details}")
-        fraction = self.skipped_total / max(self.records, 1)
+        # of the examples the data would have given (a seed task holds several)
+        fraction = self.skipped_total / (self.skipped_total + self.examples)
         if fraction > max_skipped_fraction:
             raise UserError(
                 f"{self.summary()}: {fraction:.0%} of the records are unusable, more than "

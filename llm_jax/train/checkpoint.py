@@ -70,14 +70,16 @@ def save_params(run_dir: str | Path, config: Config, params: Any, step: int = 0)
 
 
 def restore_params(checkpoint: str | Path, shardings: Any = None) -> tuple[Config, Any]:
-    """(config, params) from a checkpoint; `shardings` places each parameter's shards."""
+    """(config, params) from a checkpoint; `shardings` places each parameter's shards (by
+    default whole on the first device, whatever mesh the checkpoint was written from)."""
     run_dir, step = resolve(checkpoint)
     config = load_run_config(run_dir)
     abstract = abstract_train_params(config)  # the model, and the head its objective trains
-    if shardings is not None:
-        abstract = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-        )
+    if shardings is None:
+        shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+                                 abstract)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     manager = checkpoint_manager(run_dir)
     restored = manager.restore(
         step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))

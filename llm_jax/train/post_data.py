@@ -350,8 +350,12 @@ class PromptData(PostTrainingData):
         else:
             reward = load_reward_function(spec)
         self.rollouts = Rollouts(self.config, training, self.prompts, self.template.stop_ids,
-                                 self.tokenizer.pad_id, self.tokenizer.decode, reward,
-                                 reward_model)
+                                 self.tokenizer.pad_id, self._decode, reward, reward_model)
+
+    def _decode(self, ids: list[int]) -> str:
+        """Text of a reply; ids past the tokenizer's vocabulary (the model's may be padded
+        to a rounder size) stand for no text."""
+        return self.tokenizer.decode([i for i in ids if i < self.tokenizer.vocab_size])
 
     def device_batch(self, state: Any, local: dict[str, Any]) -> dict[str, jax.Array]:
         cfg = self.config.ppo
