@@ -65,21 +65,24 @@ def time_steps(overrides: list[str], steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--pipeline-only", action="store_true", help="skip the mesh table")
     args = parser.parse_args()
     tokens = 16 * 256
     print(f"tiny model, batch 16 x 256 tokens, {jax.device_count()} devices "
           f"({jax.devices()[0].device_kind}), {os.cpu_count()} CPU cores\n")
-    print("| mesh | step time (s) | tokens/s |\n|---|---|---|")
-    for name, overrides in MESHES.items():
-        seconds = time_steps(overrides, args.steps)
-        print(f"| {name} | {seconds:.3f} | {tokens / seconds:,.0f} |", flush=True)
+    if not args.pipeline_only:
+        print("| mesh | step time (s) | tokens/s |\n|---|---|---|")
+        for name, overrides in MESHES.items():
+            seconds = time_steps(overrides, args.steps)
+            print(f"| {name} | {seconds:.3f} | {tokens / seconds:,.0f} |", flush=True)
 
-    print("\nGPipe on pipe=2 (data=4): step time against the bubble model\n")
+    print("\nGPipe on pipe=2 (data=4), batch 32 x 256: step time against the bubble model\n")
     print("| microbatches m | bubble (p-1)/(m+p-1) | step time (s) | measured / m=8 "
           "| ideal (m+p-1)/m ÷ (8+p-1)/8 |\n|---|---|---|---|---|")
     pipe = 2
     times = {m: time_steps(["mesh.data=4", "mesh.fsdp=1", f"mesh.pipe={pipe}",
-                            f"train.microbatches={m}"], args.steps) for m in (1, 2, 4, 8)}
+                            f"train.microbatches={m}", "train.batch_size=32"], args.steps)
+             for m in (1, 2, 4, 8)}
     for m, seconds in times.items():
         ideal = ((m + pipe - 1) / m) / ((8 + pipe - 1) / 8)
         print(f"| {m} | {bubble_fraction(pipe, m):.2f} | {seconds:.3f} | "
