@@ -20,7 +20,6 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 
 from llm_jax.config import Config, load_config
 
@@ -67,23 +66,13 @@ def train_step_tokens_per_second(config: Config, steps: int = 3) -> float | None
     try:
         from llm_jax.parallel.mesh import make_mesh
         from llm_jax.train.build import build_training
+        from llm_jax.train.synthetic import seconds_per_step
     except ImportError:
         return None
     training = build_training(config, make_mesh(config))
+    seconds = seconds_per_step(training, steps)
     rows, length = config.train.batch_size, config.data.seq_len
-    tokens = np.random.RandomState(0).randint(0, config.model.vocab_size, (rows, length + 1))
-    batch = training.put_batch({
-        "inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32),
-        "segment_ids": np.ones((rows, length), np.int32),
-        "positions": np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
-        "loss_mask": np.ones((rows, length), np.float32)})
-    state, metrics = training.step(training.state, batch)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = training.step(state, batch)
-    jax.block_until_ready(metrics)
-    return rows * length * steps / (time.perf_counter() - start) / jax.process_count()
+    return rows * length / seconds / jax.process_count()
 
 
 def _approx_params(config: Config) -> float:

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from llm_jax.config import load_config  # noqa: E402
 from llm_jax.parallel.mesh import make_mesh  # noqa: E402
 from llm_jax.parallel.pipeline import bubble_fraction  # noqa: E402
 from llm_jax.train.build import build_training  # noqa: E402
+from llm_jax.train.synthetic import seconds_per_step  # noqa: E402
 
 MESHES = {
     "1 device": ["mesh.fsdp=1"],
@@ -38,28 +37,11 @@ MESHES = {
 BASE = ["train.batch_size=16", "data.seq_len=256", "train.steps=1000"]
 
 
-def synthetic_batch(rows: int, length: int, vocab: int) -> dict[str, np.ndarray]:
-    tokens = np.random.RandomState(0).randint(0, vocab, (rows, length + 1)).astype(np.int32)
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-            "positions": np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
-            "segment_ids": np.ones((rows, length), np.int32),
-            "loss_mask": np.ones((rows, length), np.float32)}
-
-
 def time_steps(overrides: list[str], steps: int) -> float:
     """Seconds per step after one compile-and-warm-up step."""
     config = load_config("tiny", BASE + overrides)
     devices = jax.devices()[:1] if overrides == MESHES["1 device"] else jax.devices()
-    training = build_training(config, make_mesh(config, devices))
-    batch = training.put_batch(synthetic_batch(config.train.batch_size, config.data.seq_len,
-                                               config.model.vocab_size))
-    state, metrics = training.step(training.state, batch)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = training.step(state, batch)
-    jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / steps
+    return seconds_per_step(build_training(config, make_mesh(config, devices)), steps)
 
 
 def main() -> None:

@@ -18,20 +18,12 @@ import os
 import time
 
 import jax
-import numpy as np
 
 from llm_jax.config import load_config
 from llm_jax.parallel.mesh import make_mesh
 from llm_jax.train.build import build_training
 from llm_jax.train.flops import flops_per_token, measured_matmul_flops, peak_flops_per_device
-
-
-def synthetic_batch(rows: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
-    tokens = np.random.RandomState(seed).randint(0, vocab, (rows, length + 1)).astype(np.int32)
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-            "positions": np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
-            "segment_ids": np.ones((rows, length), np.int32),
-            "loss_mask": np.ones((rows, length), np.float32)}
+from llm_jax.train.synthetic import synthetic_batch
 
 
 class JaxRunner:
