@@ -45,6 +45,13 @@ def near_miss(word: str) -> str:
     return word if word != answer else word + word[0]
 
 
+def wrong_last_letter(word: str) -> str:
+    """The reversal with its last letter changed: a mistake a reward model can learn to see
+    from the end of the reply."""
+    answer = word[::-1]
+    return answer[:-1] + chr((ord(answer[-1]) - ord("a") + 1) % 26 + ord("a"))
+
+
 def write_jsonl(path: Path, records: Iterable[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
@@ -75,7 +82,7 @@ def base_checkpoint(path: Path) -> Path:
 
 def run_cli(args: Sequence[str], devices: int = 8, timeout: int = 600) -> str:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu"}
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT / "tests")}  # rewards defined here
     process = subprocess.run([sys.executable, "-m", "llm_jax", *args], cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              timeout=timeout)
@@ -141,3 +148,15 @@ def prefers_correct(checkpoint_dir: Path, held_out: Sequence[str]) -> float:
     right = rows([w[::-1] for w in held_out])
     wrong = rows([near_miss(w) for w in held_out])
     return float(np.mean(right > wrong))
+
+
+def letter_accuracy(prompts: Sequence[str], completions: Sequence[str],
+                    records: Sequence[dict]) -> list[float]:
+    """A dense programmatic reward for PPO: the share of the answer's letters that the reply
+    has in the right place (extra letters count against it)."""
+    scores = []
+    for completion, record in zip(completions, records):
+        answer, reply = record["answer"], completion.strip()
+        right = sum(a == b for a, b in zip(answer, reply))
+        scores.append(right / max(len(answer), len(reply), 1))
+    return scores

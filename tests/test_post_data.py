@@ -105,7 +105,8 @@ def test_packed_rows_keep_examples_apart(tmp_path, tokenizer_path):
             assert batch["positions"][row][where].tolist() == list(range(where.sum()))
             trained = batch["targets"][row][where][batch["loss_mask"][row][where] > 0]
             reply = data.tokenizer.decode(trained.tolist())
-            assert reply.endswith("<|im_end|>") and reply[:-10] in {r["completion"] for r in records}
+            assert reply.endswith("<|im_end|>")
+            assert reply[:-len("<|im_end|>")] in {r["completion"] for r in records}
     assert rows_with_two > 0
 
 
@@ -115,7 +116,8 @@ HH = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how to x?\n\nAssist
 
 def test_hh_rlhf_pairs_split_at_the_last_shared_assistant_turn():
     prompt, chosen, rejected = split_hh_dialogues(HH["chosen"], HH["rejected"])
-    assert prompt.endswith("how to x?\n\nAssistant:") and (chosen, rejected) == (" Like this.", " No.")
+    assert prompt.endswith("how to x?\n\nAssistant:")
+    assert (chosen, rejected) == (" Like this.", " No.")
     assert hh_turns(prompt) == [{"role": "user", "content": "hi"},
                                 {"role": "assistant", "content": "hello"},
                                 {"role": "user", "content": "how to x?"}]
@@ -161,3 +163,14 @@ def test_preference_rows_hold_prompt_and_reply(tmp_path, tokenizer_path):
         assert data.tokenizer.decode(tokens[mask > 0].tolist()) == reply + "<|im_end|>"
         assert data.tokenizer.decode(tokens[real].tolist()).startswith("<|im_start|>user\nabc")
         assert not mask[~real].any()
+
+
+@pytest.mark.parametrize("objective", ["sft", "dpo", "reward", "ppo"])
+def test_presets_name_their_objective_and_need_data(objective, tmp_path, tokenizer_path):
+    from llm_jax.train.post_data import training_data
+
+    config = load_config(f"{objective}-tiny", [f"run_dir={tmp_path}",
+                                               f"tokenizer.path={tokenizer_path}"])
+    assert config.train.objective == objective
+    with pytest.raises(UserError, match="post.data"):
+        training_data(config)

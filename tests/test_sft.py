@@ -52,3 +52,36 @@ def test_prompt_labels_do_not_change_the_loss(sft):
     changed = dict(batch, targets=jnp.where(reply, (batch["targets"] + 1) % 299,
                                             batch["targets"]))
     assert float(grad(params, changed)[0][0]) != float(loss)
+
+
+def test_sft_from_an_imported_hugging_face_checkpoint(tmp_path):
+    """Fine-tuning starts from `llm-jax import-hf`'s output, with its own tokenizer."""
+    import dataclasses
+
+    from checkpoint_factory import imported_checkpoint
+    from llm_jax.infer.loading import load_model
+    from llm_jax.train import checkpoint
+    from llm_jax.train.loop import train
+    from llm_jax.train.metrics import read_metrics
+
+    source, _ = imported_checkpoint(tmp_path)
+    rng = np.random.default_rng(0)
+    records = []
+    for _ in range(64):  # continue a run of word ids: w5 w6 -> w7 w8
+        start = int(rng.integers(5, 90))
+        records.append({"prompt": f"w{start} w{start + 1}",
+                        "completion": f" w{start + 2} w{start + 3}"})
+    config = load_config("tiny", [
+        f"run_dir={tmp_path / 'run'}", f"train.init_from={source}", "train.objective=sft",
+        f"post.data={write_jsonl(tmp_path / 'sft.jsonl', records)}", "post.template=none",
+        "data.seq_len=64", "train.batch_size=8", "train.steps=8", "train.log_every=1",
+        "optimizer.lr=1e-3", "optimizer.warmup_steps=1", "eval.every=0", "eval.steps=1",
+        "checkpoint.async_save=false"])
+    config = dataclasses.replace(config, model=checkpoint.load_run_config(source).model)
+    data = SftData(config)
+    assert data.template.name == "none" and data.tokenizer.vocab_size == 101
+    data.copy_tokenizer_to(config.run_dir)
+    train(config, data, progress=False)
+    loss = [r["loss"] for r in read_metrics(tmp_path / "run")]
+    assert np.mean(loss[-2:]) < loss[0]
+    assert load_model(tmp_path / "run").tokenizer.vocab_size == 101  # HF tokenizer kept

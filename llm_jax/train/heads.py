@@ -19,16 +19,19 @@ HEAD_NAMES = (SCORE_HEAD, VALUE_HEAD)
 
 
 class ScalarHead(nn.Module):
-    """hidden [batch, length, d_model] -> one fp32 number per position."""
+    """hidden [batch, length, d_model] -> one fp32 number per position. A critic starts at
+    zero (`zero_init`): a random initial value would add noise to every advantage before the
+    critic has learned anything."""
 
     config: ModelConfig
+    zero_init: bool = False
 
     @nn.compact
     def __call__(self, hidden: jnp.ndarray) -> jnp.ndarray:
         cfg = self.config
         pdtype = jnp.dtype(cfg.param_dtype)
-        kernel = param_with_axes(self, "kernel", nn.initializers.normal(cfg.init_std),
-                                 (cfg.d_model, 1), ("embed", None), pdtype)
+        init = nn.initializers.zeros if self.zero_init else nn.initializers.normal(cfg.init_std)
+        kernel = param_with_axes(self, "kernel", init, (cfg.d_model, 1), ("embed", None), pdtype)
         bias = param_with_axes(self, "bias", nn.initializers.zeros, (1,), (None,), pdtype)
         out = jnp.einsum("btd,do->bto", hidden.astype(jnp.float32), kernel.astype(jnp.float32))
         return (out + bias.astype(jnp.float32))[..., 0]
@@ -50,8 +53,8 @@ def init_train_params(config: Config, rng: jax.Array) -> dict:
     name = head_name(config)
     if name is not None:
         hidden = jnp.zeros((1, 1, config.model.d_model), jnp.dtype(config.model.dtype))
-        params[name] = ScalarHead(config.model).init(jax.random.fold_in(rng, 1),
-                                                     hidden)["params"]
+        head = ScalarHead(config.model, zero_init=name == VALUE_HEAD)
+        params[name] = head.init(jax.random.fold_in(rng, 1), hidden)["params"]
     return params
 
 

@@ -236,7 +236,7 @@ class PreferenceData(PostTrainingData):
                                    zip(saved["index"], saved["chosen"], saved["rejected"])})
             return
         forward = make_forward(self.config, training.mesh)
-        logps = jax.jit(lambda params, batch: split_sides(reply_logprobs(forward, params, batch)))
+        logps = jax.jit(lambda params, batch: reply_logprobs(forward, params, batch))  # [2B]
         args = self._split_args()
         for split in ("train", "eval"):
             indices = host_split(len(self.pairs), self.config.post.eval_fraction, split,
@@ -245,8 +245,8 @@ class PreferenceData(PostTrainingData):
                                                      self.config.data.seq_len,
                                                      args["batch_size"], self.tokenizer.pad_id):
                 with sharding_context(training.mesh, training.rules):
-                    chosen, rejected = jax.device_get(
-                        logps(state.params, to_global(batch, training.batch_sharding)))
+                    chosen, rejected = split_sides(np.asarray(jax.device_get(
+                        logps(state.params, to_global(batch, training.batch_sharding)))))
                 for k, index in enumerate(chunk):
                     self.reference[int(index)] = (float(chosen[k]), float(rejected[k]))
         index = np.asarray(sorted(self.reference), np.int64)
@@ -349,6 +349,7 @@ class PromptData(PostTrainingData):
                                 "policy's tokenizer; they must share the tokenizer")
         else:
             reward = load_reward_function(spec)
+        self._batch_sharding = training.batch_sharding
         self.rollouts = Rollouts(self.config, training, self.prompts, self.template.stop_ids,
                                  self.tokenizer.pad_id, self._decode, reward, reward_model)
 
@@ -358,6 +359,7 @@ class PromptData(PostTrainingData):
         return self.tokenizer.decode([i for i in ids if i < self.tokenizer.vocab_size])
 
     def device_batch(self, state: Any, local: dict[str, Any]) -> dict[str, jax.Array]:
+        """A new rollout when the schedule says so; then this update's rows of it."""
         cfg = self.config.ppo
         if "index" in local:
             self._rollout_step = int(jax.device_get(state.step))
@@ -368,11 +370,12 @@ class PromptData(PostTrainingData):
         elif self._experience is None:
             raise RuntimeError("a PPO update was asked for before any rollout")
         epoch, minibatch = divmod(int(local["update"]), cfg.minibatches)
-        order = np.random.default_rng([self.config.seed, self._rollout_step, epoch]).permutation(
-            self.rows_per_rollout)
-        size = self.config.train.batch_size
-        rows = order[minibatch * size:(minibatch + 1) * size]
-        return self.rollouts.select(self._experience, rows)
+        rows_here = len(self._experience["tokens"])
+        order = np.random.default_rng([self.config.seed, self._rollout_step, epoch,
+                                       self.process_index]).permutation(rows_here)
+        rows = order[minibatch * self.local_batch:(minibatch + 1) * self.local_batch]
+        return to_global({name: value[rows] for name, value in self._experience.items()},
+                         self._batch_sharding)
 
     def evaluate(self, state: Any) -> dict[str, float]:
         """Greedy replies to the held-out prompts: their mean score and length."""

@@ -13,10 +13,13 @@ One rollout:
    memory of one train step's forward), then rewards with the per-token KL penalty, GAE and
    whitened advantages (PPO) or group-normalized advantages (GRPO), over the whole rollout.
 
-The train steps that follow each take `train.batch_size` rows of it, in a new random order for
-every epoch. Rollouts are generated on each process from its own prompts, so they need a mesh
-within one host (every local test and single-host accelerator); the scoring pass is sharded
-like the train step.
+The scored rows come back to the host (each process its own rows), and the train steps that
+follow each take `train.batch_size` rows of them, in a new random order every epoch, placed
+like any other batch. Rollouts are generated on each process from its own prompts, so they
+need a mesh within one host (every local test and single-host accelerator); the scoring pass is
+sharded like the train step. It returns one stacked array rather than one per field: several
+outputs of a program whose parameters are sharded over 8 simulated CPU devices can deadlock
+in XLA's CPU scheduler, one output cannot.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from llm_jax.config import Config
 from llm_jax.errors import UserError
@@ -45,6 +49,8 @@ from llm_jax.train.rewards import RewardFunction
 from llm_jax.train.step import split_microbatches
 
 ROW_FIELDS = ("tokens", "positions", "segment_ids", "response_mask", "scores")
+SCORED_FIELDS = ("scores", "old_logprobs", "ref_logprobs", "old_values", "returns", "advantages",
+                 "kl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,10 +105,8 @@ class Rollouts:
         self._forward = make_forward(config, training.mesh)
         self._rm_forward = None if reward_model is None else make_forward(reward_model.config)
         rows = training.batch_sharding
-        self._score = jax.jit(self._score_fn, static_argnames="chunks", out_shardings=rows)
-        self._select = jax.jit(lambda experience, index: jax.tree.map(lambda x: x[index],
-                                                                      experience),
-                               out_shardings=rows)
+        stacked = NamedSharding(training.mesh, PartitionSpec(rows.spec[0], None, None))
+        self._score = jax.jit(self._score_fn, static_argnames="chunks", out_shardings=stacked)
         self._rm_scores = jax.jit(self._rm_scores_fn, out_shardings=rows)
 
     # -- sampling (host)
@@ -164,8 +168,11 @@ class Rollouts:
                 out["scores"] = self._rm_scores_fn(rm_params, chunk)
             return out
 
-        scored = jax.lax.map(one, split_microbatches(batch, chunks))
-        scored = jax.tree.map(_merge_chunks, scored)
+        if chunks == 1:
+            scored = one(batch)
+        else:
+            scored = jax.lax.map(one, split_microbatches(batch, chunks))
+            scored = jax.tree.map(_merge_chunks, scored)
         mask = batch["response_mask"]
         old, ref = scored["old_logprobs"] * mask, scored["ref_logprobs"] * mask
         scores = scored.get("scores", batch["scores"])
@@ -179,22 +186,23 @@ class Rollouts:
         else:
             values = returns = jnp.zeros_like(old)
             advantages = group_advantages(sequence_scores_, cfg.group_size)[:, None] * mask
-        return {**{k: batch[k] for k in ROW_FIELDS if k != "scores"}, "scores": scores,
-                "old_logprobs": old, "ref_logprobs": ref, "old_values": values,
-                "returns": returns, "advantages": advantages, "kl": old - ref}
+        fields = {"scores": scores, "old_logprobs": old, "ref_logprobs": ref,
+                  "old_values": values, "returns": returns, "advantages": advantages,
+                  "kl": old - ref}
+        return jnp.stack([fields[name] for name in SCORED_FIELDS], axis=1)  # [N, fields, T]
 
-    def experience(self, state: Any, rows: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """Global rollout arrays [N, T] from every process's local rows."""
+    def experience(self, state: Any, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """This process's rows of the scored rollout [n, T] (the contract in `ppo.py`)."""
         batch = to_global(rows, self.training.batch_sharding)
         rm_params = None if self.reward_model is None else self.reward_model.params
         chunks = max(1, batch["tokens"].shape[0] // self.config.train.batch_size)
         with sharding_context(self.training.mesh, self.training.rules):
-            return self._score(state.params, state.reference, rm_params, batch, chunks=chunks)
-
-    def select(self, experience: dict[str, jax.Array], rows: np.ndarray) -> dict[str, jax.Array]:
-        """Rows of the rollout (a minibatch), placed like a train batch."""
-        with sharding_context(self.training.mesh, self.training.rules):
-            return self._select(experience, jnp.asarray(rows, jnp.int32))
+            stacked = self._score(state.params, state.reference, rm_params, batch,
+                                  chunks=chunks)
+        stacked = local_rows(stacked)
+        out = {name: rows[name] for name in ROW_FIELDS}
+        out.update({name: stacked[:, i] for i, name in enumerate(SCORED_FIELDS)})
+        return out
 
     def scores(self, rows: dict[str, np.ndarray]) -> np.ndarray:
         """The score of each local row: programmatic ones as sampled, or the reward model's."""
@@ -203,7 +211,15 @@ class Rollouts:
         batch = to_global(rows, self.training.batch_sharding)
         with sharding_context(self.training.mesh, self.training.rules):
             scored = self._rm_scores(self.reward_model.params, batch)
-        return np.asarray(jax.device_get(scored)).sum(axis=1)[:len(rows["tokens"])]
+        return local_rows(scored).sum(axis=1)
+
+
+def local_rows(array: jax.Array) -> np.ndarray:
+    """The rows of a batch-sharded global array that this process holds, in order."""
+    parts: dict[int, np.ndarray] = {}
+    for shard in array.addressable_shards:
+        parts.setdefault(shard.index[0].start or 0, np.asarray(shard.data))
+    return np.concatenate([parts[start] for start in sorted(parts)])
 
 
 def rollout_seed(seed: int, step: int) -> int:
