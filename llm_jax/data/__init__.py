@@ -11,6 +11,14 @@
     pretokenize.py    the corpus as token ids, for large runs
     pipeline.py       grain batches for the train step (`make_batch_iterator`)
 
+Post-training data (SFT, DPO, reward model, PPO):
+
+    records.py        JSONL records in, and the count of every one dropped (and why)
+    chat_format.py    chat templates (ChatML, Llama 3, none) -> token ids and loss weights
+    instructions.py   messages / Alpaca / seed tasks / prompt-completion records -> conversations
+    preference.py     {prompt, chosen, rejected} and HH-RLHF dialogues -> preference pairs
+    post_pipeline.py  grain batches of packed SFT rows, preference rows and prompt indices
+
 Curation needs the `[data]` extra (datatrove and friends); reading a corpus, the tokenizer and
 the pipeline need only the base install.
 """

@@ -158,6 +158,7 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True) -> str
 def _compiled_memory(config: Config) -> str:
     """Compiles the real train step for abstract inputs and reports XLA's memory analysis."""
     from llm_jax.parallel.mesh import make_mesh
+    from llm_jax.train.batch_fields import batch_fields
     from llm_jax.train.build import compile_step_for
 
     mesh = make_mesh(config)
@@ -169,9 +170,8 @@ def _compiled_memory(config: Config) -> str:
                             abstract, shardings)
     step, data = compile_step_for(config, mesh, tx, shardings)
     shape = (config.train.batch_size, config.data.seq_len)
-    batch = {name: jax.ShapeDtypeStruct(shape, np.float32 if name == "loss_mask" else np.int32,
-                                        sharding=data)
-             for name in ("inputs", "targets", "positions", "segment_ids", "loss_mask")}
+    batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=data)
+             for name, dtype in batch_fields(config).items()}  # the objective's batch
     with sharding_context(mesh, rules):
         compiled = step.jitted.lower(abstract, batch).compile()
     memory = compiled.memory_analysis()

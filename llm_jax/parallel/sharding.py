@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from llm_jax.config import Config
 from llm_jax.parallel.rules import Rules, axis_rules
 from llm_jax.train.heads import init_train_params
+from llm_jax.train.init_from import needs_reference
 from llm_jax.train.state import TrainState
 
 BATCH_AXES = ("act_batch", "act_length")
@@ -55,8 +56,11 @@ def create_train_state(config: Config, mesh: Mesh, tx, rng: jax.Array) -> tuple[
 
 def abstract_train_state(config: Config, tx) -> tuple[TrainState, Any]:
     """Shapes of the train state and their logical partition specs, allocating nothing."""
-    abstract = jax.eval_shape(
-        lambda: TrainState.create(init_train_params(config, jax.random.key(0)), tx))
+    def boxed_state():
+        state = TrainState.create(init_train_params(config, jax.random.key(0)), tx)
+        return state.replace(reference=state.params) if needs_reference(config) else state
+
+    abstract = jax.eval_shape(boxed_state)
     return nn.unbox(abstract), nn.get_partition_spec(abstract)
 
 
