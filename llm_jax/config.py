@@ -432,6 +432,10 @@ class Config:
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="
                 f"{self.model.max_seq_len}; lower data.seq_len or raise model.max_seq_len"
             )
+        if self.train.objective == "ppo" and self.ppo.max_new_tokens >= self.data.seq_len:
+            raise ConfigError(
+                f"ppo.max_new_tokens={self.ppo.max_new_tokens} leaves no room for a prompt in "
+                f"data.seq_len={self.data.seq_len}; lower it or raise data.seq_len")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -141,9 +141,12 @@ def prefers_correct(checkpoint_dir: Path, held_out: Sequence[str]) -> float:
             reply = template.encode_reply(answer).tokens
             tokens[i, :len(prompt) + len(reply)] = np.concatenate([prompt, reply])
             mask[i, len(prompt):len(prompt) + len(reply)] = 1
-        logits = Transformer(model.config.model).apply({"params": model.params},
-                                                       jnp.asarray(tokens))
-        return np.asarray(jnp.sum(sequence_logprobs(logits, jnp.asarray(tokens)) * mask, axis=1))
+        return np.asarray(score(model.params, jnp.asarray(tokens), jnp.asarray(mask)))
+
+    @jax.jit
+    def score(params, tokens, mask):
+        logits = Transformer(model.config.model).apply({"params": params}, tokens)
+        return jnp.sum(sequence_logprobs(logits, tokens) * mask, axis=1)
 
     right = rows([w[::-1] for w in held_out])
     wrong = rows([near_miss(w) for w in held_out])

@@ -141,3 +141,30 @@ def test_objective_starts_at_log_2_and_precomputed_reference_matches():
     margins = float(with_model[1]["rewards_margins"])
     np.testing.assert_allclose(margins, float(with_model[1]["rewards_chosen"])
                                - float(with_model[1]["rewards_rejected"]), rtol=1e-5)
+
+
+def test_the_frozen_reference_is_saved_and_restored_with_each_checkpoint(tmp_path):
+    """A resumed run compares against the reference it started with, not a new copy."""
+    from llm_jax.parallel.mesh import make_mesh
+    from llm_jax.train import checkpoint
+    from llm_jax.train.build import build_training
+
+    config = load_config("tiny", MODEL + ["train.objective=dpo", f"run_dir={tmp_path}"])
+    mesh = make_mesh(config)
+    training = build_training(config, mesh)
+    other = jax.tree.map(lambda x: x * 2 + 1, training.state.params)
+    state = training.state.replace(reference=other)  # a reference unlike the params
+    manager = checkpoint.checkpoint_manager(tmp_path)
+    checkpoint.save_train_state(manager, state, {"position": 3}, config.seed)
+    manager.wait_until_finished()
+    fresh = training.state  # its reference is a copy of the initial params
+    restored, data_state = checkpoint.restore_train_state(manager, 0, fresh, training.shardings)
+    manager.close()
+    assert data_state == {"position": 3}
+    leaves = zip(jax.tree.leaves(restored.reference), jax.tree.leaves(other),
+                 jax.tree.leaves(fresh.reference))
+    for got, saved, new in leaves:
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(saved))
+        assert got.sharding == new.sharding
+    assert not np.array_equal(np.asarray(jax.tree.leaves(fresh.reference)[0]),
+                              np.asarray(jax.tree.leaves(other)[0]))

@@ -146,3 +146,4 @@ def test_reward_model_learns_a_preference_and_grpo_runs_against_it(task, sft_run
     grpo = read_metrics(tmp_path / "grpo")
     assert len(records) == 2 and all(np.isfinite(r["score"]) and r["score"] != 0 for r in grpo)
     assert "value_loss" not in grpo[0] and "kl_k3" in grpo[0]  # no critic
+
