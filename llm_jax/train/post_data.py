@@ -34,9 +34,14 @@ from llm_jax.data.post_pipeline import (
 from llm_jax.data.preference import preference_pair
 from llm_jax.data.records import RecordError, SkipReport, read_records
 from llm_jax.errors import UserError
+from llm_jax.infer.tokenizers import SentencePieceTokenizer, load_tokenizer, load_tokenizer_dir
 from llm_jax.parallel.sharding import sharding_context
 from llm_jax.train import checkpoint
+from llm_jax.train.data import TrainingData
+from llm_jax.train.dpo import reply_logprobs
+from llm_jax.train.forward import make_forward
 from llm_jax.train.objective_eval import make_objective_eval, to_global
+from llm_jax.train.preference_batch import split_sides
 from llm_jax.train.rewards import load_reward_function
 from llm_jax.train.rollout import Prompt, Rollouts, load_reward_model, rollout_seed
 
@@ -46,9 +51,6 @@ REPORT_FILE = "post_data.json"
 def post_tokenizer(config: Config) -> tuple[Any, Path]:
     """(tokenizer, where it was read from): `tokenizer.path`, else `train.init_from`'s, else
     the run directory's own (a resumed run)."""
-    from llm_jax.infer.tokenizers import (SentencePieceTokenizer, load_tokenizer,
-                                          load_tokenizer_dir)
-
     if config.tokenizer.path:
         path = Path(config.tokenizer.path)
         if path.is_dir():
@@ -222,10 +224,6 @@ class PreferenceData(PostTrainingData):
     def _precompute_reference(self, training: Any, state: Any) -> None:
         """dpo.reference=precomputed: the initial policy's summed reply log-probs of every
         pair, in one pass before the first step, saved so that a resumed run reuses them."""
-        from llm_jax.train.dpo import reply_logprobs
-        from llm_jax.train.forward import make_forward
-        from llm_jax.train.preference_batch import split_sides
-
         path = Path(self.config.run_dir) / f"reference_logps.{self.process_index}.npz"
         if int(jax.device_get(state.step)) > 0:
             if not path.exists():
@@ -398,8 +396,6 @@ def training_data(config: Config) -> Any:
     """The data object for `config.train.objective`."""
     objective = config.train.objective
     if objective == "lm":
-        from llm_jax.train.data import TrainingData
-
         return TrainingData(config)
     if not config.post.data:
         raise UserError(f"train.objective={objective} reads post.data (JSONL records); set it")
