@@ -111,7 +111,10 @@ def _as_stream(tokens: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _PackedRow:
+class PackedRow:
+    """A first-fit packed row in the batch format; padding gets pad ids and no loss. A row
+    that carries its own `loss_mask` (SFT: assistant tokens only) keeps it on real tokens."""
+
     pad_id: int
 
     def __call__(self, row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -122,7 +125,7 @@ class _PackedRow:
             "targets": np.where(real, row["targets"], self.pad_id).astype(np.int32),
             "segment_ids": segments,
             "positions": np.where(real, row["inputs_positions"], 0).astype(np.int32),
-            "loss_mask": real.astype(np.float32),
+            "loss_mask": np.where(real, row.get("loss_mask", 1.0), 0).astype(np.float32),
         }
 
 
@@ -263,7 +266,7 @@ def make_batch_iterator(
         it = grain.experimental.FirstFitPackIterDataset(
             it, length_struct={"inputs": length, "targets": length},
             num_packing_bins=batch_size, seed=seed, shuffle_bins=train)
-        it = it.map(_PackedRow(tokenizer.pad_id))
+        it = it.map(PackedRow(tokenizer.pad_id))
     else:
         it = it.map(_as_stream)
         it = grain.experimental.ConcatThenSplitIterDataset(it, length_struct={"tokens": length + 1})

@@ -33,7 +33,7 @@ import grain
 import numpy as np
 
 from llm_jax.data.chat_format import Encoded
-from llm_jax.data.pipeline import split_indices
+from llm_jax.data.pipeline import PackedRow, split_indices
 from llm_jax.errors import UserError
 
 PAIR_SIDES = ("chosen", "rejected")
@@ -120,22 +120,6 @@ def _sft_example(example: Encoded, _: int) -> dict[str, np.ndarray]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _SftPackedRow:
-    pad_id: int
-
-    def __call__(self, row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        segments = row["inputs_segment_ids"].astype(np.int32)
-        real = segments > 0
-        return {
-            "inputs": np.where(real, row["inputs"], self.pad_id).astype(np.int32),
-            "targets": np.where(real, row["targets"], self.pad_id).astype(np.int32),
-            "segment_ids": segments,
-            "positions": np.where(real, row["inputs_positions"], 0).astype(np.int32),
-            "loss_mask": np.where(real, row["loss_mask"], 0).astype(np.float32),
-        }
-
-
-@dataclasses.dataclass(frozen=True)
 class _SftPaddedRow:
     length: int
     pad_id: int
@@ -164,7 +148,7 @@ def sft_batches(examples: Sequence[Encoded], *, split: str, seq_len: int, batch_
         it = grain.experimental.FirstFitPackIterDataset(
             it, length_struct={"inputs": seq_len, "targets": seq_len, "loss_mask": seq_len},
             num_packing_bins=batch_size, seed=seed, shuffle_bins=train)
-        it = it.map(_SftPackedRow(pad_id))
+        it = it.map(PackedRow(pad_id))
     else:
         it = it.map(_SftPaddedRow(seq_len, pad_id))
     return _finish(it, batch_size, train, pad_id)
