@@ -4,11 +4,13 @@ An experiment file in `experiments/` builds an `Experiment` and calls `main(expe
 
     python experiments/mlp_variants.py --scale tiny --out results/mlp_variants
 
-Each variant is trained once per seed on one shared curated corpus and tokenizer, through the
-same `train` loop as `llm-jax train` (so runs resume, and finished runs are skipped when the
-command is repeated). The output folder gets `results.csv` (one row per run), `results.md`
-(mean and standard deviation per variant, beside what the paper reported) and
-`loss_curves.png` (mean training loss per variant).
+Each variant is trained once per seed on what the experiment's runs share, made once in
+`<out>/_data` (`llm_jax.experiment_data`: by default a curated corpus and its tokenizer), through
+the same `train` loop as `llm-jax train` (so runs resume, and finished runs are skipped when the
+command is repeated). The output folder gets `results.csv` (one row per run, every held-out
+metric of its last step), `results.md` (the experiment's columns as mean and standard deviation
+per variant, beside what the paper reported) and `loss_curves.png` (training curves, mean per
+variant).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import jax
 import numpy as np
 
 from llm_jax.config import Config, load_config
+from llm_jax.experiment_data import CuratedCorpus, SharedData, train_unless_finished
 from llm_jax.train.metrics import read_metrics
 
 
@@ -49,46 +52,30 @@ class Experiment:
     variants: tuple[Variant, ...]
     # Extra lines under the table (e.g. a fitted power law), from the per-variant results.
     summarize: Callable[[list[dict]], list[str]] | None = None
+    shared: SharedData = CuratedCorpus()
+    # The table's columns: (metric of a run's last step, heading).
+    columns: tuple[tuple[str, str], ...] = (("eval_loss", "eval loss"),
+                                            ("eval_bpb", "eval bits/byte"))
+    curves: tuple[str, ...] = ("loss",)  # training metrics plotted against step
 
 
 def run_config(experiment: Experiment, scale: str, out: Path, variant: Variant, seed: int,
                extra: Sequence[str] = ()) -> Config:
-    data_dir = out / "_data"
     return load_config(experiment.base, [
         *experiment.scales[scale], *variant.overrides_for(scale), *extra,
         f"run_dir={out / variant.label / f'seed{seed}'}", f"seed={seed}",
-        f"data.curated_dir={data_dir / 'curated'}",
-        f"tokenizer.path={data_dir / 'tokenizer' / 'tokenizer.model'}",
+        *experiment.shared.overrides(out / "_data"),
     ])
-
-
-def prepare_data(experiment: Experiment, scale: str, out: Path, extra: Sequence[str]) -> None:
-    """Curates the corpus and trains the tokenizer once, shared by every run."""
-    from llm_jax.data.curate import curate
-    from llm_jax.data.tokenizer import train_from_config
-
-    config = load_config(experiment.base, [*experiment.scales[scale], *extra,
-                                           f"run_dir={out / '_data'}"])
-    curate(config, progress=False)
-    train_from_config(config, progress=False)
 
 
 def train_one(config: Config) -> dict:
     """Trains (or resumes, or skips when finished) one run; returns its final numbers."""
     from llm_jax.model import abstract_params
-    from llm_jax.train.data import TrainingData
-    from llm_jax.train.loop import train
 
-    records = read_metrics(config.run_dir)
-    if not records or records[-1]["step"] < config.train.steps or "eval_loss" not in records[-1]:
-        data = TrainingData(config)
-        data.copy_tokenizer_to(config.run_dir)
-        train(config, data, progress=False)
-        records = read_metrics(config.run_dir)
-    last = records[-1]
+    last = train_unless_finished(config)[-1]
     shapes = abstract_params(config.model)
     total = sum(x.size for x in jax.tree.leaves(shapes))
-    return {"eval_loss": last["eval_loss"], "eval_bpb": last.get("eval_bpb", math.nan),
+    return {**{k: v for k, v in last.items() if k.startswith("eval_")},
             "train_loss": last["loss"], "params": total,
             "non_embedding_params": sum(x.size for x in jax.tree.leaves(shapes["layers"])),
             "steps": last["step"]}
@@ -101,23 +88,26 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def write_results(experiment: Experiment, scale: str, out: Path, rows: list[dict]) -> Path:
     with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
     per_variant = []
+    headings = [heading for _, heading in experiment.columns]
     lines = [f"# {experiment.name} ({scale} scale)", "", experiment.question, "",
-             f"Reference: {experiment.reference}", "",
-             "| variant | params | eval loss (mean ± std) | eval bits/byte | seeds |",
-             "|---|---|---|---|---|"]
+             f"Reference: {experiment.reference}", "", "Mean ± standard deviation over seeds.",
+             "", f"| variant | params | {' | '.join(headings)} | seeds |",
+             "|---|---|" + "---|" * len(headings) + "---|"]
     for variant in experiment.variants:
         runs = [r for r in rows if r["variant"] == variant.label]
-        loss, loss_std = _mean_std([r["eval_loss"] for r in runs])
-        bpb, bpb_std = _mean_std([r["eval_bpb"] for r in runs])
+        stats = {key: _mean_std([r.get(key, math.nan) for r in runs])
+                 for key, _ in experiment.columns}
         per_variant.append({"variant": variant.label, "params": runs[0]["params"],
                             "non_embedding_params": runs[0]["non_embedding_params"],
-                            "eval_loss": loss, "eval_loss_std": loss_std})
-        lines.append(f"| {variant.label} | {runs[0]['params'] / 1e6:.2f}M | {loss:.4f} ± "
-                     f"{loss_std:.4f} | {bpb:.4f} ± {bpb_std:.4f} | {len(runs)} |")
+                            **{key: mean for key, (mean, _) in stats.items()},
+                            **{f"{key}_std": std for key, (_, std) in stats.items()}})
+        cells = " | ".join(f"{mean:.4f} ± {std:.4f}" for mean, std in stats.values())
+        lines.append(f"| {variant.label} | {runs[0]['params'] / 1e6:.2f}M | {cells} | "
+                     f"{len(runs)} |")
     if experiment.summarize:
         lines += ["", *experiment.summarize(per_variant)]
     path = out / "results.md"
@@ -131,18 +121,22 @@ def plot_loss_curves(experiment: Experiment, scale: str, out: Path, seeds: Seque
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for variant in experiment.variants:
-        curves = [read_metrics(out / variant.label / f"seed{s}") for s in seeds]
-        steps = [r["step"] for r in curves[0]]
-        length = min(len(c) for c in curves)
-        mean = np.mean([[r["loss"] for r in c[:length]] for c in curves], axis=0)
-        ax.plot(steps[:length], mean, label=variant.label)
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"train loss (mean of {len(seeds)} seeds)")
-    ax.set_title(f"{experiment.name} ({scale})")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    metrics = experiment.curves
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(7.0, 4.5 * len(metrics)), 4),
+                             squeeze=False)
+    runs = {v.label: [read_metrics(out / v.label / f"seed{s}") for s in seeds]
+            for v in experiment.variants}
+    for ax, metric in zip(axes[0], metrics):
+        for label, curves in runs.items():
+            steps = [r["step"] for r in curves[0]]
+            length = min(len(c) for c in curves)
+            mean = np.mean([[r[metric] for r in c[:length]] for c in curves], axis=0)
+            ax.plot(steps[:length], mean, label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"train {metric} (mean of {len(seeds)} seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{experiment.name} ({scale})")
     fig.tight_layout()
     path = out / "loss_curves.png"
     fig.savefig(path, dpi=120)
@@ -153,14 +147,15 @@ def plot_loss_curves(experiment: Experiment, scale: str, out: Path, seeds: Seque
 def run_experiment(experiment: Experiment, scale: str, out: Path, seeds: Sequence[int],
                    extra: Sequence[str] = ()) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    prepare_data(experiment, scale, out, extra)
+    experiment.shared.prepare(experiment, scale, out / "_data", extra)
+    key, heading = experiment.columns[0]
     rows = []
     for variant in experiment.variants:
         for seed in seeds:
             result = train_one(run_config(experiment, scale, out, variant, seed, extra))
             rows.append({"variant": variant.label, "seed": seed, **result})
-            print(f"{experiment.name}: {variant.label} seed {seed}: eval loss "
-                  f"{result['eval_loss']:.4f}", flush=True)
+            print(f"{experiment.name}: {variant.label} seed {seed}: {heading} "
+                  f"{result.get(key, math.nan):.4f}", flush=True)
     write_results(experiment, scale, out, rows)
     plot_loss_curves(experiment, scale, out, seeds)
     return rows

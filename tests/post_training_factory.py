@@ -1,70 +1,23 @@
-"""A verifiable task and a tiny model for post-training tests, built offline in seconds.
-
-The task is reversing a word of 3 to 5 random letters ("abc" -> "cba"), asked in ChatML. The
-tokenizer is our own SentencePiece BPE trained with exactly the vocabulary its text needs, so
-it has no merges: every letter is one token, and `<|im_start|>` / `<|im_end|>` are one each.
-"""
+"""A tiny model and checks for post-training tests on the word-reversal task
+(`llm_jax.data.reversal`), asked in ChatML, built offline in seconds."""
 
 from __future__ import annotations
 
-import json
 import os
-import random
-import string
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
 
+from llm_jax.data.reversal import (  # noqa: F401  (re-exported for the tests)
+    near_miss, train_chat_tokenizer, words, write_jsonl, wrong_last_letter)
+
 ROOT = Path(__file__).resolve().parents[1]
-VOCAB = 299  # 256 bytes + 4 specials + 2 chat tokens + the characters below: no merges
 MODEL = ["model.vocab_size=304", "model.d_model=128", "model.num_layers=2", "model.num_heads=8",
          "model.num_kv_heads=4", "model.mlp_dim=128", "model.max_seq_len=64", "data.seq_len=64"]
-
-
-def words(count: int = 3000, seed: int = 0) -> list[str]:
-    """Distinct random lowercase words of 3 to 5 letters, in random order."""
-    rng = random.Random(seed)
-    out = sorted({"".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 5)))
-                  for _ in range(count)})
-    rng.shuffle(out)
-    return out
-
-
-def near_miss(word: str) -> str:
-    """A wrong answer close to the right one: the reversal with two letters swapped, or the
-    word itself when swapping changes nothing."""
-    answer = word[::-1]
-    for i in range(len(answer) - 1):
-        wrong = answer[:i] + answer[i + 1] + answer[i] + answer[i + 2:]
-        if wrong != answer:
-            return wrong
-    return word if word != answer else word + word[0]
-
-
-def wrong_last_letter(word: str) -> str:
-    """The reversal with its last letter changed: a mistake a reward model can learn to see
-    from the end of the reply."""
-    answer = word[::-1]
-    return answer[:-1] + chr((ord(answer[-1]) - ord("a") + 1) % 26 + ord("a"))
-
-
-def write_jsonl(path: Path, records: Iterable[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-    return path
-
-
-def train_chat_tokenizer(model_file: Path) -> Path:
-    from llm_jax.data.tokenizer import train_tokenizer
-
-    lines = ["user", "assistant", "system"] + words(500, seed=99) + list(string.ascii_lowercase)
-    return train_tokenizer(lines, model_file, VOCAB)
 
 
 def base_checkpoint(path: Path) -> Path:

@@ -141,6 +141,9 @@ def test_objective_starts_at_log_2_and_precomputed_reference_matches():
     margins = float(with_model[1]["rewards_margins"])
     np.testing.assert_allclose(margins, float(with_model[1]["rewards_chosen"])
                                - float(with_model[1]["rewards_rejected"]), rtol=1e-5)
+    for side in ("chosen", "rejected"):  # the log-ratio is the reward without beta
+        np.testing.assert_allclose(BETA * float(with_model[1][f"logratio_{side}"]),
+                                   float(with_model[1][f"rewards_{side}"]), rtol=1e-5)
 
 
 def test_the_frozen_reference_is_saved_and_restored_with_each_checkpoint(tmp_path):

@@ -2,6 +2,7 @@
 
 import csv
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,42 @@ def test_norms_experiment_writes_table_csv_and_plot(tmp_path, capsys):
     before = (tmp_path / "rmsnorm" / "seed0" / "metrics.jsonl").read_text()
     main(load("norms"), ["--seeds", "2", "--out", str(tmp_path), *SMOKE])
     assert (tmp_path / "rmsnorm" / "seed0" / "metrics.jsonl").read_text() == before
+
+
+def test_dpo_beta_sweep_writes_one_finite_row_per_beta_and_plots(tmp_path):
+    from llm_jax.experiment import main
+    from llm_jax.train.metrics import read_metrics
+
+    experiment = load("dpo_beta")
+    main(experiment, ["--seeds", "1", "--out", str(tmp_path), "train.steps=3",
+                      "train.log_every=1", "eval.steps=1"])
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    labels = [v.label for v in experiment.variants]
+    assert [r["variant"] for r in rows] == labels and len(set(labels)) >= 3
+    for row in rows:
+        beta = float(row["variant"].removeprefix("beta="))
+        values = {key: float(row[key]) for key, _ in experiment.columns}
+        assert all(math.isfinite(v) for v in values.values()), row
+        # the rewards are beta times the log-ratios: each run trained with its own beta
+        assert values["eval_rewards_margins"] == pytest.approx(beta * (
+            values["eval_logratio_chosen"] - values["eval_logratio_rejected"]), rel=1e-2)
+        first = read_metrics(tmp_path / row["variant"] / "seed0")[0]
+        assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)  # starts as its reference
+    table = (tmp_path / "results.md").read_text()
+    assert all(f"| {label} |" in table for label in labels) and "±" in table
+    assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+
+
+def test_dpo_beta_runs_share_one_sft_start_and_differ_only_in_beta():
+    from llm_jax.experiment import run_config
+
+    experiment = load("dpo_beta")
+    for scale in ("tiny", "full"):
+        configs = [run_config(experiment, scale, Path("/tmp/x"), v, 0) for v in experiment.variants]
+        assert {c.train.init_from for c in configs} == {"/tmp/x/_data/sft"}
+        assert len({c.model for c in configs}) == 1 and len({c.dpo.beta for c in configs}) == len(
+            configs)
+        assert all(c.train.objective == "dpo" for c in configs)
 
 
 @pytest.mark.parametrize("name", ["mlp_variants", "positions", "norms", "scaling"])

@@ -87,6 +87,9 @@ def dpo_objective(config: Config, forward: Forward) -> Objective:
             "rewards_accuracies": jnp.sum((chosen_reward > rejected_reward) * valid),
             "logps_chosen": jnp.sum(policy[0] * valid),
             "logps_rejected": jnp.sum(policy[1] * valid),
+            # log pi / pi_ref of each reply: how far the policy moved, comparable across betas
+            "logratio_chosen": jnp.sum((policy[0] - ref[0]) * valid),
+            "logratio_rejected": jnp.sum((policy[1] - ref[1]) * valid),
         }
         return jnp.sum(losses * valid), sums
 

@@ -1,0 +1,85 @@
+"""What every run of an experiment shares, made once in `<out>/_data` before the first run.
+
+`CuratedCorpus` (the pretraining ablations): the built-in corpus curated, and a tokenizer
+trained on it. `ReversalPreferences` (preference optimization): word-reversal preference pairs
+(`llm_jax.data.reversal`) and an SFT checkpoint that every run starts from and keeps as its
+frozen reference, so that the variants differ only in what the sweep changes. Each kind says
+which overrides point a run at what it made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+from llm_jax.config import Config, load_config
+from llm_jax.train.metrics import read_metrics
+
+if TYPE_CHECKING:
+    from llm_jax.experiment import Experiment
+
+
+class SharedData(Protocol):
+    def prepare(self, experiment: Experiment, scale: str, data_dir: Path,
+                extra: Sequence[str]) -> None: ...
+
+    def overrides(self, data_dir: Path) -> tuple[str, ...]: ...
+
+
+def train_unless_finished(config: Config) -> list[dict]:
+    """Trains (or resumes) one run unless its metrics show it finished; returns them."""
+    from llm_jax.train.loop import train
+    from llm_jax.train.post_data import training_data
+
+    records = read_metrics(config.run_dir)
+    if not records or records[-1]["step"] < config.train.steps or "eval_loss" not in records[-1]:
+        data = training_data(config)
+        data.copy_tokenizer_to(config.run_dir)
+        train(config, data, progress=False)
+        records = read_metrics(config.run_dir)
+    return records
+
+
+@dataclasses.dataclass(frozen=True)
+class CuratedCorpus:
+    def prepare(self, experiment: Experiment, scale: str, data_dir: Path,
+                extra: Sequence[str]) -> None:
+        from llm_jax.data.curate import curate
+        from llm_jax.data.tokenizer import train_from_config
+
+        config = load_config(experiment.base, [*experiment.scales[scale], *extra,
+                                               f"run_dir={data_dir}"])
+        curate(config, progress=False)
+        train_from_config(config, progress=False)
+
+    def overrides(self, data_dir: Path) -> tuple[str, ...]:
+        return (f"data.curated_dir={data_dir / 'curated'}",
+                f"tokenizer.path={data_dir / 'tokenizer' / 'tokenizer.model'}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReversalPreferences:
+    """SFT on the reversals of half the words; (reversal, near miss) pairs of the other half,
+    so that the held-out pairs are new to both the SFT and the preference runs."""
+
+    words: dict[str, int]  # distinct words per scale
+    sft: dict[str, tuple[str, ...]]  # the SFT run's overrides per scale, after the scale's own
+    sft_preset: str = "sft-tiny"
+
+    def prepare(self, experiment: Experiment, scale: str, data_dir: Path,
+                extra: Sequence[str]) -> None:
+        from llm_jax.data import reversal
+
+        vocabulary = reversal.words(self.words[scale])
+        half = len(vocabulary) // 2
+        sft = reversal.write_jsonl(data_dir / "sft.jsonl", reversal.sft_records(vocabulary[:half]))
+        reversal.write_jsonl(data_dir / "pairs.jsonl",
+                             reversal.preference_records(vocabulary[half:]))
+        tokenizer = reversal.train_chat_tokenizer(data_dir / "tokenizer" / "tokenizer.model")
+        train_unless_finished(load_config(self.sft_preset, [
+            *experiment.scales[scale], *self.sft[scale], *extra, f"run_dir={data_dir / 'sft'}",
+            f"tokenizer.path={tokenizer}", f"post.data={sft}"]))
+
+    def overrides(self, data_dir: Path) -> tuple[str, ...]:
+        return (f"train.init_from={data_dir / 'sft'}", f"post.data={data_dir / 'pairs.jsonl'}")
