@@ -53,7 +53,7 @@ class RopeScalingConfig:
             )
 
 
-ATTENTION_IMPLS = ("xla", "dot_product", "cudnn", "splash")
+ATTENTION_IMPLS = ("xla", "blockwise", "dot_product", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
@@ -77,15 +77,18 @@ class ModelConfig:
     mlp: str = "swiglu"  # swiglu | gelu | relu2
     position: str = "rope"  # rope | learned | none
     qk_norm: bool = False
-    attention: str = "xla"  # xla | dot_product | cudnn | splash
+    attention: str = "xla"  # xla | blockwise | dot_product | cudnn | splash
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots | dots_no_batch
+    # Layers per iteration of the scanned stack; num_layers unrolls it (faster on CPU and for
+    # shallow models, slower to compile for deep ones).
+    scan_unroll: int = 1
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
-                    "mlp_dim", "max_seq_len"):
+                    "mlp_dim", "max_seq_len", "scan_unroll"):
             _check_positive(f"model.{key}", getattr(self, key))
         _check_positive("model.rope_theta", self.rope_theta)
         _check_positive("model.norm_eps", self.norm_eps)

@@ -136,7 +136,7 @@ def test_tied_embeddings_share_the_table():
     np.testing.assert_allclose(logits(config, params, tokens()), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["xla", "dot_product"])
+@pytest.mark.parametrize("impl", ["xla", "blockwise", "dot_product"])
 def test_packed_documents_do_not_see_each_other(impl):
     config, params = make(attention=impl)
     doc_a, doc_b = tokens(1, 10, seed=1), tokens(1, 6, seed=2)
@@ -183,7 +183,7 @@ def _reference_attention(q, k, v, segments):
     return out
 
 
-@pytest.mark.parametrize("impl", ["xla", "dot_product", "splash"])
+@pytest.mark.parametrize("impl", ["xla", "blockwise", "dot_product", "splash"])
 def test_attention_kernels_match_the_definition(impl):
     q, k, v, segments = _qkv()
     index = jnp.broadcast_to(jnp.arange(q.shape[1]), segments.shape)
@@ -192,6 +192,32 @@ def test_attention_kernels_match_the_definition(impl):
     else:
         out = attention_kernels.attend(impl, q, k, v, segments, segments, index, index)
     np.testing.assert_allclose(out, _reference_attention(q, k, v, segments), atol=2e-5)
+
+
+@pytest.mark.parametrize("length", [128, 150])  # whole blocks, and a short last block
+def test_blockwise_gradients_equal_autodiff_of_the_einsum_kernel(length):
+    q, k, v, segments = _qkv(length=length, head_dim=32)
+    index = jnp.broadcast_to(jnp.arange(length), segments.shape)
+    weights = jax.random.normal(jax.random.key(7), q.shape)
+
+    def loss(impl, q, k, v):
+        out = attention_kernels.attend(impl, q, k, v, segments, segments, index, index)
+        return jnp.sum(out * weights)
+
+    grads = {impl: jax.jit(jax.grad(functools.partial(loss, impl), argnums=(0, 1, 2)))(q, k, v)
+             for impl in ("xla", "blockwise")}
+    for got, want in zip(grads["blockwise"], grads["xla"]):
+        np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_blockwise_kernel_in_bfloat16_follows_fp32():
+    q, k, v, segments = _qkv(head_dim=32)
+    index = jnp.broadcast_to(jnp.arange(q.shape[1]), segments.shape)
+    low = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    out = attention_kernels.attend("blockwise", *low, segments, segments, index, index)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out.astype(jnp.float32), _reference_attention(q, k, v, segments),
+                               atol=0.05)
 
 
 @pytest.mark.parametrize("impl, device", [("cudnn", "GPU"), ("splash", "TPU")])
@@ -213,6 +239,20 @@ def test_remat_policies_keep_loss_and_gradients(policy):
     grad_fn = jax.jit(jax.value_and_grad(loss), static_argnums=1)
     ref_loss, ref_grads = grad_fn(params, config)
     got_loss, got_grads = grad_fn(params, dataclasses.replace(config, remat=policy))
+    np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), got_grads, ref_grads)
+
+
+def test_unrolled_layer_scan_keeps_loss_and_gradients():
+    config, params = make(num_layers=4)
+    x = tokens()
+
+    def loss(p, cfg):
+        return -jnp.mean(jax.nn.log_softmax(logits(cfg, p, x))[..., 0])
+
+    grad_fn = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    ref_loss, ref_grads = grad_fn(params, config)
+    got_loss, got_grads = grad_fn(params, dataclasses.replace(config, scan_unroll=4))
     np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), got_grads, ref_grads)
 

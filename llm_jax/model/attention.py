@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec
 from llm_jax.config import ModelConfig
 from llm_jax.model import attention_kernels
 from llm_jax.model.kv_cache import LAYER_KV_AXES
-from llm_jax.model.layers import Norm, param_with_axes
+from llm_jax.model.layers import Norm, dense, param_with_axes
 from llm_jax.model.rope import apply_rope, inverse_frequencies
 
 Q_AXES = ("act_batch", "act_length", "act_heads", "act_head_dim")
@@ -24,7 +24,7 @@ LayerKV = tuple[jnp.ndarray, jnp.ndarray]  # one layer's cached (k, v): [batch, 
 CacheMeta = tuple[jnp.ndarray, jnp.ndarray]  # (segment ids of every slot [batch, slots], write slot)
 
 # Kernels that serve only the training layout fall back to XLA's attention when decoding.
-DECODE_KERNEL = {"splash": "xla", "cudnn": "dot_product"}
+DECODE_KERNEL = {"splash": "xla", "blockwise": "xla", "cudnn": "dot_product"}
 
 
 class Attention(nn.Module):
@@ -51,9 +51,9 @@ class Attention(nn.Module):
         wv = projection("v", (cfg.d_model, kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
         wo = projection("o", (heads, head_dim, cfg.d_model), ("heads", "head_dim", "embed"))
 
-        q = nn.with_logical_constraint(jnp.einsum("btd,dhk->bthk", x, wq), Q_AXES)
-        k = nn.with_logical_constraint(jnp.einsum("btd,dhk->bthk", x, wk), KV_AXES)
-        v = nn.with_logical_constraint(jnp.einsum("btd,dhk->bthk", x, wv), KV_AXES)
+        q = nn.with_logical_constraint(dense(x, wq), Q_AXES)
+        k = nn.with_logical_constraint(dense(x, wk), KV_AXES)
+        v = nn.with_logical_constraint(dense(x, wv), KV_AXES)
         if cfg.qk_norm:
             q = Norm(cfg, axis_name="head_dim", name="q_norm")(q)
             k = Norm(cfg, axis_name="head_dim", name="k_norm")(k)
@@ -65,7 +65,7 @@ class Attention(nn.Module):
         if kv is not None:
             out, kv = _attend_cached(cfg.attention, q, k, v, segment_ids, kv, cache_meta)
             out = nn.with_logical_constraint(out, Q_AXES)
-            return jnp.einsum("bthk,hkd->btd", out, wo), kv
+            return dense(out, wo, in_axes=2), kv
 
         index = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
         if cfg.attention == "splash":
@@ -75,7 +75,7 @@ class Attention(nn.Module):
                 cfg.attention, q, k, v, segment_ids, segment_ids, index, index
             )
         out = nn.with_logical_constraint(out, Q_AXES)
-        return jnp.einsum("bthk,hkd->btd", out, wo)
+        return dense(out, wo, in_axes=2)
 
 
 def _attend_cached(impl, q, k, v, segment_ids, kv: LayerKV, cache_meta: CacheMeta):

@@ -7,6 +7,8 @@ row (`kv_index <= q_index`) and both carry the same segment id, so packed docume
 see each other. The softmax runs in fp32 in every kernel.
 
 - `xla`: plain einsums, readable and portable; the reference for the others.
+- `blockwise`: causal query blocks with a hand-written backward pass, the fastest on CPU
+  (training layout only; decoding falls back to `xla`).
 - `dot_product`: `jax.nn.dot_product_attention`, which lets XLA pick the backend's best path.
 - `cudnn`: the same function forced onto cuDNN's fused flash attention (NVIDIA GPUs only).
 - `splash`: the Pallas splash-attention kernel (TPU only; `interpret=True` runs it anywhere).
@@ -18,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from llm_jax.errors import UserError
+from llm_jax.model.blockwise_attention import blockwise_attention
 
 NEEDED_BACKEND = {"cudnn": "gpu", "splash": "tpu"}
 
@@ -105,6 +108,8 @@ def attend(
     mask = attention_mask(q_segment_ids, kv_segment_ids, q_index, kv_index)
     if impl == "xla":
         return xla_attention(q, k, v, mask)
+    if impl == "blockwise":
+        return blockwise_attention(q, k, v, mask)
     implementation = "cudnn" if impl == "cudnn" else None
     return dot_product_attention(q, k, v, mask, implementation)
 

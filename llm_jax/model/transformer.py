@@ -20,7 +20,7 @@ from llm_jax.config import ModelConfig
 from llm_jax.model.attention import Attention, CacheMeta, LayerKV
 from llm_jax.model.attention_kernels import check_backend
 from llm_jax.model.kv_cache import CACHE_KV_AXES, CACHE_SEGMENT_AXES, KVCache
-from llm_jax.model.layers import Embed, Mlp, Norm, param_with_axes
+from llm_jax.model.layers import Embed, Mlp, Norm, dense, param_with_axes
 from llm_jax.parallel.pipeline import gpipe
 
 HIDDEN_AXES = ("act_batch", "act_length", "act_embed")
@@ -78,6 +78,7 @@ class DecoderStack(nn.Module):
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
             length=self.config.num_layers,
+            unroll=min(self.config.scan_unroll, self.config.num_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         x, kv = stack(self.config, name="blocks")(x, positions, segment_ids, kv, cache_meta)
@@ -145,7 +146,7 @@ class Transformer(nn.Module):
                 self, "lm_head", nn.initializers.normal(cfg.init_std),
                 (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), jnp.dtype(cfg.param_dtype),
             )
-            logits = jnp.einsum("btd,dv->btv", x, head.astype(x.dtype))
+            logits = dense(x, head.astype(x.dtype))
         logits = nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
         logits = logits.astype(jnp.float32)
         return logits if cache is None else (logits, cache)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from llm_jax.config import Config, ModelConfig
-from llm_jax.model.layers import param_with_axes
+from llm_jax.model.layers import dense, param_with_axes
 from llm_jax.model.params import init_boxed_params
 
 SCORE_HEAD, VALUE_HEAD = "score_head", "value_head"
@@ -72,9 +72,9 @@ def lm_logits(config: ModelConfig, params: dict, hidden: jnp.ndarray) -> jnp.nda
     that one forward pass gives both the logits and what a head reads."""
     if config.tie_embeddings:
         table = params["embed"]["embedding"].astype(hidden.dtype)
-        logits = jnp.einsum("btd,vd->btv", hidden, table)
+        logits = dense(hidden, table.T)
     else:
-        logits = jnp.einsum("btd,dv->btv", hidden, params["lm_head"].astype(hidden.dtype))
+        logits = dense(hidden, params["lm_head"].astype(hidden.dtype))
     logits = nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
     return logits.astype(jnp.float32)
 
