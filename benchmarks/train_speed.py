@@ -91,8 +91,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--attention", default="xla")
-    parser.add_argument("--remat", default="none")
+    parser.add_argument("--attention", help="model.attention (default: the preset's)")
+    parser.add_argument("--remat", help="model.remat (default: the preset's)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-torch", action="store_true")
@@ -102,14 +102,15 @@ def main() -> None:
     config = load_config(args.preset, [
         f"train.batch_size={args.batch}", f"data.seq_len={args.seq}",
         f"model.max_seq_len={max(args.seq, 1)}" if args.preset == "tiny" else "seed=0",
-        f"model.dtype={args.dtype}", f"model.attention={args.attention}",
-        f"model.remat={args.remat}", "mesh.fsdp=1", "train.steps=100000", *args.overrides])
+        f"model.dtype={args.dtype}", "mesh.fsdp=1", "train.steps=100000",
+        *([f"model.attention={args.attention}"] if args.attention else []),
+        *([f"model.remat={args.remat}"] if args.remat else []), *args.overrides])
     tokens = args.batch * args.seq
     model_flops = flops_per_token(config.model, args.seq)
     device = jax.devices()[0]
     print(f"{args.preset}: {config.model.num_layers} layers, d_model {config.model.d_model}, "
-          f"batch {args.batch} x {args.seq}, {args.dtype}, attention {args.attention}, "
-          f"remat {args.remat}; {device.device_kind} ({device.platform}), "
+          f"batch {args.batch} x {args.seq}, {args.dtype}, attention {config.model.attention}, "
+          f"remat {config.model.remat}, scan_unroll {config.model.scan_unroll}; {device.device_kind} ({device.platform}), "
           f"{os.cpu_count()} CPU cores; {model_flops / 1e6:.1f} MFLOPs/token")
 
     runners = {"llm_jax (JAX)": JaxRunner(config)}
