@@ -15,7 +15,8 @@ FULL = ("model.d_model=768", "model.num_layers=12", "model.num_heads=12",
         "model.vocab_size=32000", "tokenizer.vocab_size=32000", "model.dtype=bfloat16",
         "data.source=tfds:c4/en", "train.batch_size=256", "train.steps=20000",
         "optimizer.lr=6e-4", "optimizer.warmup_steps=1000", "eval.every=2000",
-        "eval.steps=50", "checkpoint.every=2000", "mesh.fsdp=-1")
+        "eval.steps=50", "checkpoint.every=2000", "mesh.fsdp=-1",
+        "model.attention=splash", "model.scan_unroll=1")
 
 D_MODEL = {"tiny": 128, "full": 768}
 
