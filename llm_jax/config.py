@@ -273,6 +273,9 @@ class TrainConfig:
     microbatches: int = 1  # gradient accumulation steps (pipeline microbatches when mesh.pipe > 1)
     objective: str = "lm"  # lm | sft | dpo | reward | ppo
     z_loss: float = 0.0
+    # lm / sft: sequence positions per chunk of the output projection fused with the loss, so
+    # that the [batch, length, vocab] logits never exist; 0 computes them whole.
+    loss_chunk: int = 0
     log_every: int = 10
     max_bad_steps: int = 5
     init_from: str = ""  # checkpoint directory to start from (fine-tuning)
@@ -282,6 +285,7 @@ class TrainConfig:
         _check_positive("train.steps", self.steps)
         _check_positive("train.batch_size", self.batch_size)
         _check_positive("train.microbatches", self.microbatches)
+        _check_positive("train.loss_chunk", self.loss_chunk, allow_zero=True)
         _check_choice("train.objective", self.objective, ("lm", "sft", "dpo", "reward", "ppo"))
         if self.batch_size % self.microbatches:
             raise ConfigError(

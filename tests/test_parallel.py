@@ -13,7 +13,7 @@ from llm_jax.train.step import accumulate_gradients
 
 BASE = ["model.vocab_size=256", "model.d_model=64", "model.num_layers=4", "model.num_heads=4",
         "model.num_kv_heads=2", "model.mlp_dim=128", "data.seq_len=32", "train.batch_size=16",
-        "train.steps=5", "optimizer.warmup_steps=1", "optimizer.lr=1e-2"]
+        "train.steps=5", "optimizer.warmup_steps=1", "optimizer.lr=1e-2", "train.loss_chunk=8"]
 
 
 def batches(count=5, rows=16, length=32, vocab=256):
@@ -63,6 +63,9 @@ MESHES = {
     "tensor=2,pipe=4": ["mesh.fsdp=1", "mesh.tensor=2", "mesh.pipe=4", "train.microbatches=4"],
     "data=2,fsdp=2,tensor=2": ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"],
     "accumulate=4 on 1 device": ["mesh.fsdp=1", "train.microbatches=4"],
+    # The reference fuses the output projection with the loss; these make whole logits.
+    "fsdp=4,tensor=2 whole logits": ["mesh.fsdp=4", "mesh.tensor=2", "train.loss_chunk=0"],
+    "whole logits on 1 device": ["mesh.fsdp=1", "train.loss_chunk=0"],
 }
 
 

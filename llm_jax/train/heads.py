@@ -67,14 +67,17 @@ def apply_head(config: ModelConfig, head_params: dict, hidden: jnp.ndarray) -> j
     return ScalarHead(config).apply({"params": head_params}, hidden)
 
 
+def output_kernel(config: ModelConfig, params: dict, dtype: jnp.dtype) -> jnp.ndarray:
+    """The output projection [d_model, vocab]: the embedding table when they are tied."""
+    if config.tie_embeddings:
+        return params["embed"]["embedding"].astype(dtype).T
+    return params["lm_head"].astype(dtype)
+
+
 def lm_logits(config: ModelConfig, params: dict, hidden: jnp.ndarray) -> jnp.ndarray:
     """The output projection of `Transformer` applied to its final hidden states (fp32), so
     that one forward pass gives both the logits and what a head reads."""
-    if config.tie_embeddings:
-        table = params["embed"]["embedding"].astype(hidden.dtype)
-        logits = dense(hidden, table.T)
-    else:
-        logits = dense(hidden, params["lm_head"].astype(hidden.dtype))
+    logits = dense(hidden, output_kernel(config, params, hidden.dtype))
     logits = nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
     return logits.astype(jnp.float32)
 

@@ -10,6 +10,8 @@ from typing import Any, Callable
 import jax.numpy as jnp
 
 from llm_jax.config import Config
+from llm_jax.train.fused_cross_entropy import fused_cross_entropy_sums
+from llm_jax.train.heads import output_kernel
 from llm_jax.train.losses import cross_entropy_sums
 
 Batch = dict[str, jnp.ndarray]
@@ -18,12 +20,20 @@ Objective = Callable[[Any, Batch], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
 
 
 def lm_objective(config: Config, forward: Forward) -> Objective:
-    """Causal language modeling: next-token cross-entropy (+ optional z-loss) on `loss_mask`."""
+    """Causal language modeling: next-token cross-entropy (+ optional z-loss) on `loss_mask`;
+    with `train.loss_chunk`, fused with the output projection chunk by chunk."""
+    train = config.train
 
     def objective(params, batch: Batch):
-        logits = forward(params, batch)
         mask = batch["loss_mask"].astype(jnp.float32)
-        nll, z = cross_entropy_sums(logits, batch["targets"], mask, config.train.z_loss)
+        if train.loss_chunk:
+            hidden = forward(params, batch, return_hidden=True)
+            kernel = output_kernel(config.model, params, hidden.dtype)
+            nll, z = fused_cross_entropy_sums(hidden, kernel, batch["targets"], mask,
+                                              train.z_loss, train.loss_chunk)
+        else:
+            nll, z = cross_entropy_sums(forward(params, batch), batch["targets"], mask,
+                                        train.z_loss)
         return nll + z, {"denominator": jnp.sum(mask), "nll": nll}
 
     return objective
