@@ -13,7 +13,7 @@ from llm_jax.config import ModelConfig, load_config
 from llm_jax.errors import UserError
 from llm_jax.model import Transformer, count_params, init_params, logical_axes
 from llm_jax.model import attention_kernels
-from llm_jax.model.layers import Mlp, Norm
+from llm_jax.model.layers import Mlp, Norm, swiglu
 
 SMALL = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
                     mlp_dim=48, max_seq_len=64)
@@ -87,6 +87,15 @@ def test_mlp_matches_formula(kind):
     else:
         hidden = np.maximum(up, 0) ** 2
     np.testing.assert_allclose(Mlp(config).apply(variables, x), hidden @ p["down"], atol=1e-5)
+
+
+def test_swiglu_gradients_equal_autodiff_of_the_formula():
+    gate, up, weights = jax.random.normal(jax.random.key(2), (3, 4, 5, 6)) * 3
+    loss = lambda fn: lambda g, u: jnp.sum(fn(g, u) * weights)
+    got = jax.grad(loss(swiglu), argnums=(0, 1))(gate, up)
+    want = jax.grad(loss(lambda g, u: jax.nn.silu(g) * u), argnums=(0, 1))(gate, up)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_rope_depends_only_on_relative_positions():
