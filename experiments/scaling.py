@@ -23,7 +23,7 @@ def fit_power_law(results: list[dict]) -> list[str]:
     slope, intercept = np.polyfit(np.log(n), np.log(loss), 1)
     predicted = np.exp(intercept) * n**slope
     r2 = 1 - np.sum((loss - predicted) ** 2) / np.sum((loss - loss.mean()) ** 2)
-    return [f"Power-law fit: L(N) = {math.exp(intercept):.3f} · N^(-{-slope:.4f}), "
+    return [f"Power-law fit: L(N) = {math.exp(intercept):.3f} · N^({slope:+.4f}), "
             f"R² = {r2:.3f} over {len(n)} sizes (Kaplan et al. 2020 report alpha_N ≈ 0.076)."]
 
 
