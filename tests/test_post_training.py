@@ -113,7 +113,7 @@ def test_ppo_raises_the_reward_with_bounded_kl(task, sft_run, tmp_path):
     start = sft_run / "checkpoints" / "100"
     run = root / "ppo"
     run_cli(train_args(run, f"train.init_from={start}", f"post.data={files['prompts']}",
-                       "train.steps=32", *PPO), devices=1)
+                       "train.steps=48", *PPO), devices=1)
     records = read_metrics(run)
     score = [r["score"] for r in records]
     first, last = np.mean(score[:4]), np.mean(score[-8:])  # a rollout serves 4 updates
