@@ -110,7 +110,8 @@ def main() -> None:
     device = jax.devices()[0]
     print(f"{args.preset}: {config.model.num_layers} layers, d_model {config.model.d_model}, "
           f"batch {args.batch} x {args.seq}, {args.dtype}, attention {config.model.attention}, "
-          f"remat {config.model.remat}, scan_unroll {config.model.scan_unroll}; {device.device_kind} ({device.platform}), "
+          f"remat {config.model.remat}, scan_unroll {config.model.scan_unroll}; "
+          f"{device.device_kind} ({device.platform}), "
           f"{os.cpu_count()} CPU cores; {model_flops / 1e6:.1f} MFLOPs/token")
 
     runners = {"llm_jax (JAX)": JaxRunner(config)}

@@ -7,7 +7,7 @@ laid out row-major as [batch, kv_heads, T * group, head_dim] so that every matmu
 forward and backward pass reads its operands in place, and query block `i` only meets the
 keys up to its own end, which skips almost half of the work. The forward pass keeps the
 unnormalized exponentials and the row sums, the backward pass reuses them (FlashAttention's
-gradient, Dao et al. 2022, eq. in Appendix B.2, without the tiling over keys).
+gradient, Dao et al. 2022, Appendix B.2, without the tiling over keys).
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@ table of rules decides how it is sharded over the device mesh.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import math
+from typing import Callable
 
 import flax.linen as nn
 import jax
