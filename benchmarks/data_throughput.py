@@ -20,7 +20,6 @@ import os
 import time
 from typing import Any
 
-
 from llm_jax.config import Config, load_config
 
 CONFIGS = {"tiny": "tiny", "1B (llama3.2-1b shape)": "llama3.2-1b"}
@@ -31,7 +30,7 @@ def prepare(run_dir: str) -> None:
     """Curated corpus and tokenizer of the tiny config in `run_dir`, made if missing."""
     from llm_jax.data.corpus import is_complete
     from llm_jax.data.curate import curate
-    from llm_jax.data.tokenizer import train_from_config
+    from llm_jax.data.tokenizer_training import train_from_config
 
     config = load_config("tiny", [f"run_dir={run_dir}"])
     if not is_complete(os.path.join(run_dir, "curated")):
@@ -91,12 +90,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from llm_jax.data.pretokenize import pretokenize
-    from llm_jax.data.tokenizer import Tokenizer
+    from llm_jax.data.tokenizer import SentencePieceTokenizer
 
     prepare(args.run_dir)
     shared = [f"run_dir={args.run_dir}", f"tokenizer.path={args.run_dir}/tokenizer/tokenizer.model",
               f"data.curated_dir={args.run_dir}/curated", f"data.tokens_dir={args.run_dir}/tokens"]
-    tokenizer = Tokenizer.load(f"{args.run_dir}/tokenizer/tokenizer.model")
+    tokenizer = SentencePieceTokenizer.load(f"{args.run_dir}/tokenizer/tokenizer.model")
     pretokenize(load_config("tiny", shared), tokenizer, progress=False)
 
     print(f"one host, {os.cpu_count()} CPU cores; corpus {args.run_dir}/curated, "

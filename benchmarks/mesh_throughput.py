@@ -19,8 +19,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 import jax  # noqa: E402
 
 from llm_jax.config import load_config  # noqa: E402
+from llm_jax.model.pipeline import bubble_fraction  # noqa: E402
 from llm_jax.parallel.mesh import make_mesh  # noqa: E402
-from llm_jax.parallel.pipeline import bubble_fraction  # noqa: E402
 from llm_jax.train.build import build_training  # noqa: E402
 from llm_jax.train.synthetic import seconds_per_step  # noqa: E402
 

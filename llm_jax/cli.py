@@ -70,7 +70,6 @@ def _train(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, args.overrides)
     data = training_data(config)  # the corpus for lm; records for sft, dpo, reward and ppo
-    data.copy_tokenizer_to(config.run_dir)
     result = train(config, data, progress=not args.no_progress)
     summary = ", ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
     print(f"{'stopped' if result.preempted else 'finished'} at step {result.step}: "
@@ -86,7 +85,7 @@ def _quickstart(args: argparse.Namespace) -> None:
 
 def _plan(args: argparse.Namespace) -> None:
     from llm_jax.config import load_config
-    from llm_jax.parallel.plan import plan
+    from llm_jax.plan import plan
 
     print(plan(load_config(args.config, args.overrides), args.slice, not args.no_compile))
 
@@ -103,7 +102,8 @@ def _curate(args: argparse.Namespace) -> None:
 
 def _tokenizer(args: argparse.Namespace) -> None:
     from llm_jax.config import load_config
-    from llm_jax.data.tokenizer import Tokenizer, train_from_config
+    from llm_jax.data.tokenizer import SentencePieceTokenizer
+    from llm_jax.data.tokenizer_training import train_from_config
 
     config = load_config(args.config, args.overrides)
     info = train_from_config(config, force=args.force, progress=not args.no_progress)
@@ -113,7 +113,8 @@ def _tokenizer(args: argparse.Namespace) -> None:
     if args.pretokenize:
         from llm_jax.data.pretokenize import pretokenize
 
-        meta = pretokenize(config, Tokenizer.load(info["model"]), progress=not args.no_progress)
+        tokenizer = SentencePieceTokenizer.load(info["model"])
+        meta = pretokenize(config, tokenizer, progress=not args.no_progress)
         print(f"  pre-tokenized: {meta['documents']:,} documents, {meta['tokens']:,} tokens")
 
 

@@ -35,7 +35,6 @@ def train_unless_finished(config: Config) -> list[dict]:
     records = read_metrics(config.run_dir)
     if not records or records[-1]["step"] < config.train.steps or "eval_loss" not in records[-1]:
         data = training_data(config)
-        data.copy_tokenizer_to(config.run_dir)
         train(config, data, progress=False)
         records = read_metrics(config.run_dir)
     return records
@@ -46,7 +45,7 @@ class CuratedCorpus:
     def prepare(self, experiment: Experiment, scale: str, data_dir: Path,
                 extra: Sequence[str]) -> None:
         from llm_jax.data.curate import curate
-        from llm_jax.data.tokenizer import train_from_config
+        from llm_jax.data.tokenizer_training import train_from_config
 
         config = load_config(experiment.base, [*experiment.scales[scale], *extra,
                                                f"run_dir={data_dir}"])

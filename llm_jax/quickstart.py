@@ -60,7 +60,7 @@ def print_samples(run_dir: str | Path, prompts=SAMPLE_PROMPTS, max_new_tokens: i
 
 def run_quickstart(out: str | Path, overrides: tuple[str, ...] = ()) -> Config:
     from llm_jax.data.curate import curate
-    from llm_jax.data.tokenizer import train_from_config
+    from llm_jax.data.tokenizer_training import train_from_config
     from llm_jax.train.data import TrainingData
     from llm_jax.train.loop import train
 
@@ -75,7 +75,6 @@ def run_quickstart(out: str | Path, overrides: tuple[str, ...] = ()) -> Config:
     print(f"[3/4] pretraining a {config.model.num_layers}-layer Llama for "
           f"{config.train.steps} steps")
     data = TrainingData(config)
-    data.copy_tokenizer_to(config.run_dir)
     result = train(config, data)
     png = plot_loss_curve(config.run_dir, Path(config.run_dir) / "loss_curve.png")
     print(f"[4/4] held-out: loss {result.eval.get('eval_loss', float('nan')):.3f} nats/token, "

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import jax
 
+from llm_jax import checkpoint
 from llm_jax.config import Config, DataConfig, ModelConfig
 from llm_jax.model import init_params
-from llm_jax.train import checkpoint
 
 WORDS = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(3, 101)]
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} w3 {{ m['content'] }} w4 {% endfor %}"

@@ -13,7 +13,12 @@ import jax
 import numpy as np
 
 from llm_jax.data.reversal import (  # noqa: F401  (re-exported for the tests)
-    near_miss, train_chat_tokenizer, words, write_jsonl, wrong_last_letter)
+    near_miss,
+    train_chat_tokenizer,
+    words,
+    write_jsonl,
+    wrong_last_letter,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ["model.vocab_size=304", "model.d_model=128", "model.num_layers=2", "model.num_heads=8",
@@ -22,9 +27,9 @@ MODEL = ["model.vocab_size=304", "model.d_model=128", "model.num_layers=2", "mod
 
 def base_checkpoint(path: Path) -> Path:
     """A randomly initialized tiny model with the chat tokenizer, in our checkpoint layout."""
+    from llm_jax import checkpoint
     from llm_jax.config import load_config
     from llm_jax.model import init_params
-    from llm_jax.train import checkpoint
 
     config = load_config("tiny", MODEL + [f"run_dir={path}"])
     params = jax.jit(init_params, static_argnums=0)(config.model, jax.random.key(0))

@@ -3,12 +3,12 @@
 
 import numpy as np
 import pytest
+from post_training_factory import train_chat_tokenizer
 
 from llm_jax.data.chat_format import make_template
+from llm_jax.data.tokenizer import load_tokenizer
 from llm_jax.errors import UserError
 from llm_jax.infer.chat import chatml
-from llm_jax.infer.tokenizers import load_tokenizer_dir
-from post_training_factory import train_chat_tokenizer
 
 # Meta-Llama-3-8B-Instruct's chat template, as its tokenizer_config.json ships it: the reference
 # our `llama3` template must reproduce.
@@ -32,7 +32,7 @@ CONVERSATION = [
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory):
     path = train_chat_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
-    return load_tokenizer_dir(path.parent)
+    return load_tokenizer(path.parent)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def llama3_tokenizer(tmp_path_factory):
     hf.chat_template = META_LLAMA3_TEMPLATE
     directory = tmp_path_factory.mktemp("llama3")
     hf.save_pretrained(directory)
-    return load_tokenizer_dir(directory), hf
+    return load_tokenizer(directory), hf
 
 
 def trained_text(tokenizer, encoded):

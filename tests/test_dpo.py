@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from post_training_factory import MODEL
 
 from llm_jax.config import DpoConfig, load_config
 from llm_jax.model import init_params
 from llm_jax.train.dpo import dpo_losses, dpo_objective, reply_logprobs
 from llm_jax.train.forward import make_forward
 from llm_jax.train.preference_batch import split_sides
-from post_training_factory import MODEL
 
 BETA = 0.3
 
@@ -148,8 +148,8 @@ def test_objective_starts_at_log_2_and_precomputed_reference_matches():
 
 def test_the_frozen_reference_is_saved_and_restored_with_each_checkpoint(tmp_path):
     """A resumed run compares against the reference it started with, not a new copy."""
+    from llm_jax import checkpoint
     from llm_jax.parallel.mesh import make_mesh
-    from llm_jax.train import checkpoint
     from llm_jax.train.build import build_training
 
     config = load_config("tiny", MODEL + ["train.objective=dpo", f"run_dir={tmp_path}"])

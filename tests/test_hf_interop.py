@@ -11,12 +11,12 @@ from safetensors.numpy import load_file, save_file
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from llm_jax import checkpoint  # noqa: E402
 from llm_jax.cli import main  # noqa: E402
 from llm_jax.convert.hf_export import write_hf_checkpoint  # noqa: E402
 from llm_jax.convert.hf_import import read_hf_checkpoint  # noqa: E402
 from llm_jax.errors import UserError  # noqa: E402
 from llm_jax.model import Transformer  # noqa: E402
-from llm_jax.train import checkpoint  # noqa: E402
 
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                   "high_freq_factor": 4.0, "original_max_position_embeddings": 32}

@@ -6,9 +6,10 @@ import pytest
 
 from llm_jax.config import ConfigError, load_config
 from llm_jax.parallel.mesh import make_mesh
-from llm_jax.parallel.sharding import create_train_state, sharding_context
+from llm_jax.parallel.sharding import sharding_context
 from llm_jax.train.build import build_training
 from llm_jax.train.optimizer import make_optimizer
+from llm_jax.train.state import create_train_state
 from llm_jax.train.step import accumulate_gradients
 
 BASE = ["model.vocab_size=256", "model.d_model=64", "model.num_layers=4", "model.num_heads=4",

@@ -6,7 +6,7 @@ import pytest
 from llm_jax.cli import main
 from llm_jax.config import ConfigError, load_config
 from llm_jax.parallel.mesh import mesh_shape
-from llm_jax.parallel.plan import parse_slice, plan, state_bytes_per_device
+from llm_jax.plan import parse_slice, plan, state_bytes_per_device
 
 
 def test_fsdp_divides_state_bytes_by_the_mesh():

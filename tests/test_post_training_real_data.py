@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from llm_jax.config import load_config
-from llm_jax.data.tokenizer import train_tokenizer
+from llm_jax.data.tokenizer_training import train_tokenizer
 from llm_jax.train.loop import train
 from llm_jax.train.metrics import read_metrics
 from llm_jax.train.post_data import training_data

@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from post_training_factory import MODEL
 
 from llm_jax.config import load_config
+from llm_jax.model.heads import SCORE_HEAD, init_train_params
 from llm_jax.train.forward import make_forward
-from llm_jax.train.heads import SCORE_HEAD, init_train_params
 from llm_jax.train.reward_model import bradley_terry_losses, reward_objective, sequence_scores
-from post_training_factory import MODEL
 
 
 def config(*extra):

@@ -5,13 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from post_training_factory import MODEL, train_chat_tokenizer, write_jsonl
 
 from llm_jax.config import load_config
 from llm_jax.model import init_params
 from llm_jax.train.forward import make_forward
 from llm_jax.train.objectives import make_objective
 from llm_jax.train.post_data import SftData
-from post_training_factory import MODEL, train_chat_tokenizer, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,9 @@ def test_sft_from_an_imported_hugging_face_checkpoint(tmp_path):
     import dataclasses
 
     from checkpoint_factory import imported_checkpoint
+
+    from llm_jax import checkpoint
     from llm_jax.infer.loading import load_model
-    from llm_jax.train import checkpoint
     from llm_jax.train.loop import train
     from llm_jax.train.metrics import read_metrics
 
@@ -80,7 +81,6 @@ def test_sft_from_an_imported_hugging_face_checkpoint(tmp_path):
     config = dataclasses.replace(config, model=checkpoint.load_run_config(source).model)
     data = SftData(config)
     assert data.template.name == "none" and data.tokenizer.vocab_size == 101
-    data.copy_tokenizer_to(config.run_dir)
     train(config, data, progress=False)
     loss = [r["loss"] for r in read_metrics(tmp_path / "run")]
     assert np.mean(loss[-2:]) < loss[0]

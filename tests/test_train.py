@@ -14,9 +14,9 @@ import numpy as np
 import optax
 import pytest
 
+from llm_jax import checkpoint
 from llm_jax.config import load_config
 from llm_jax.parallel.mesh import make_mesh
-from llm_jax.train import checkpoint
 from llm_jax.train.build import build_training
 from llm_jax.train.losses import cross_entropy_sums
 from llm_jax.train.metrics import read_metrics
@@ -33,7 +33,7 @@ MODEL = ["model.vocab_size=512", "model.d_model=64", "model.num_layers=2", "mode
 def corpus(tmp_path_factory):
     """A small curated corpus and a 512-token tokenizer, shared by the runs below."""
     from llm_jax.data.curate import curate
-    from llm_jax.data.tokenizer import train_from_config
+    from llm_jax.data.tokenizer_training import train_from_config
 
     root = tmp_path_factory.mktemp("corpus")
     config = load_config("tiny", [f"run_dir={root}", "curate.max_documents=120",

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 from safetensors.numpy import save_file
 
+from llm_jax import checkpoint
 from llm_jax.convert.hf_config import hf_config_from_model
 from llm_jax.convert.hf_import import INDEX_FILE, SINGLE_FILE
 from llm_jax.convert.hf_weights import hf_from_params
-from llm_jax.train import checkpoint
+from llm_jax.data.tokenizer import HF_TOKENIZER_FILES, SENTENCEPIECE_FILE
+from llm_jax.data.tokenizer_training import export_hf
 
 MAX_SHARD_BYTES = 5 * 1024**3
 
@@ -57,8 +60,10 @@ def export_hf_checkpoint(checkpoint_dir: str | Path, out: str | Path) -> Path:
     config, params = checkpoint.restore_params(checkpoint_dir)
     out = write_hf_checkpoint(config.model, params, out)
     tokenizer_dir = checkpoint.tokenizer_dir(checkpoint_dir)
-    if tokenizer_dir.is_dir():
-        for file in tokenizer_dir.iterdir():
-            if file.is_file():
-                shutil.copy2(file, out / file.name)
+    files = [tokenizer_dir / name for name in HF_TOKENIZER_FILES if (tokenizer_dir / name).is_file()]
+    with tempfile.TemporaryDirectory() as tmp:
+        if files == [tokenizer_dir / SENTENCEPIECE_FILE]:  # ours: as transformers' LlamaTokenizer
+            files = list(export_hf(files[0], Path(tmp) / "hf").iterdir())
+        for file in files:
+            shutil.copy2(file, out / file.name)
     return out

@@ -9,16 +9,15 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
+from llm_jax import checkpoint
 from llm_jax.config import Config, DataConfig, ModelConfig
 from llm_jax.convert.hf_config import model_config_from_hf
 from llm_jax.convert.hf_weights import expected_hf_shapes, params_from_hf
+from llm_jax.data.tokenizer import HF_TOKENIZER_FILES
 from llm_jax.errors import UserError
-from llm_jax.train import checkpoint
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "generation_config.json", "chat_template.jinja")
 
 
 def _tensor_files(hf_dir: Path) -> dict[str, Path]:
@@ -74,7 +73,7 @@ def import_hf_checkpoint(hf_dir: str | Path, out: str | Path) -> Path:
     seq_len = min(DataConfig().seq_len, model_config.max_seq_len)
     config = Config(run_dir=str(out), model=model_config, data=DataConfig(seq_len=seq_len))
     checkpoint.save_params(out, config, params)
-    copied = [name for name in TOKENIZER_FILES if (Path(hf_dir) / name).exists()]
+    copied = [name for name in HF_TOKENIZER_FILES if (Path(hf_dir) / name).exists()]
     if copied:
         (out / checkpoint.TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
         for name in copied:

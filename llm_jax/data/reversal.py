@@ -65,7 +65,7 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> Path:
 
 
 def train_chat_tokenizer(model_file: Path) -> Path:
-    from llm_jax.data.tokenizer import train_tokenizer
+    from llm_jax.data.tokenizer_training import train_tokenizer
 
     lines = ["user", "assistant", "system"] + words(500, seed=99) + list(string.ascii_lowercase)
     return train_tokenizer(lines, model_file, VOCAB)

@@ -1,19 +1,9 @@
-"""SentencePiece BPE tokenizer: training with Llama-style options, a small wrapper, HF export.
+"""One tokenizer interface for every stage: our SentencePiece BPE model or a Hugging Face
+tokenizer (`tokenizer.json`, as `llm-jax import-hf` copies it), chosen by the files present.
 
-Training options and why:
-
-- BPE with `byte_fallback`: any character outside the vocabulary becomes its UTF-8 bytes, so
-  nothing maps to <unk> and decode(encode(x)) == x for arbitrary Unicode.
-- `split_digits`: numbers are spelled digit by digit (Llama, PaLM), which helps arithmetic.
-- identity normalization, `remove_extra_whitespaces=False`, `allow_whitespace_only_pieces`: the
-  text is kept byte for byte, runs of spaces and tabs included (code indentation gets pieces).
-- no dummy prefix: the first word of a text is encoded as it is written. Llama's tokenizer adds a
-  space in front, which `transformers`' fast tokenizer reproduces differently for text that already
-  starts with a space; without it the exported tokenizer gives the same ids for every input.
-- special tokens: <unk>=0, <s>=1 (bos), </s>=2 (eos), <pad>=3, then `<|im_start|>` and
-  `<|im_end|>` (ChatML, for SFT) as user-defined symbols, always encoded as single tokens.
-- input sampling: at most `tokenizer.max_sentences` lines, drawn uniformly from the corpus
-  (SentencePiece's reservoir sampling), so the corpus may be larger than memory.
+Pretraining, post-training, generation and evaluation all read a `Tokenizer`; callers say
+explicitly where BOS and EOS go instead of relying on each library's defaults. Training our
+own model is `llm_jax.data.tokenizer_training`.
 
 One caveat of SentencePiece itself: it uses U+2581 ("▁") to mark spaces, so that character in
 input text decodes as a space.
@@ -21,136 +11,78 @@ input text decodes as a space.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import os
-import re
+import json
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Protocol, Sequence
+
+import numpy as np
 
 from llm_jax.errors import UserError
 
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
 META_SPACE = "\u2581"
+SENTENCEPIECE_FILE = "tokenizer.model"
+HF_FILE = "tokenizer.json"
+# What a Hugging Face tokenizer directory may hold; nothing else is copied with it.
+HF_TOKENIZER_FILES = (SENTENCEPIECE_FILE, HF_FILE, "tokenizer_config.json",
+                      "special_tokens_map.json", "generation_config.json", "chat_template.jinja")
 
 
-def default_model_path(config: Any) -> Path:
-    """`tokenizer.path`, or `<run_dir>/tokenizer/tokenizer.model` when it is empty."""
-    return Path(config.tokenizer.path or Path(config.run_dir) / "tokenizer" / "tokenizer.model")
+class Tokenizer(Protocol):
+    """What the data pipelines, training, generation and evaluation need from a tokenizer."""
+
+    bos_id: int | None
+    eos_id: int | None
+    eos_ids: tuple[int, ...]  # every id that ends a generation
+    pad_id: int
+    vocab_size: int
+    chat_template: str | None  # the tokenizer's own chat template, if it ships one
+    fingerprint: str  # data encoded with another tokenizer must not be reused
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]: ...
+
+    def encode_batch(self, texts: Sequence[str], bos: bool = False,
+                     eos: bool = False) -> list[list[int]]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def token_to_id(self, piece: str) -> int: ...
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str: ...
+
+    def token_byte_lengths(self) -> np.ndarray: ...
+
+    def save(self, directory: str | Path) -> None: ...
 
 
-def training_lines(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
-    """Non-empty lines of the texts, each cut to at most `max_bytes` UTF-8 bytes.
-
-    SentencePiece trains on lines ("sentences") and would skip longer ones; newlines themselves
-    are left to byte fallback, as in Llama.
-    """
-    for text in texts:
-        for line in text.split("\n"):
-            if not line.strip():
-                continue
-            raw = line.encode("utf-8")
-            if len(raw) > max_bytes:
-                line = raw[:max_bytes].decode("utf-8", errors="ignore")
-            yield line
+def _piece_bytes(piece: str) -> int:
+    """UTF-8 bytes a SentencePiece-style piece stands for (`<0xNN>` byte tokens are one)."""
+    if piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:
+        return 1
+    return len(piece.replace(META_SPACE, " ").encode("utf-8"))
 
 
-def train_tokenizer(
-    lines: Iterable[str],
-    model_path: str | Path,
-    vocab_size: int,
-    *,
-    character_coverage: float = 0.9995,
-    max_sentences: int = 2_000_000,
-    max_sentence_bytes: int = 4192,
-) -> Path:
-    """Trains a BPE model on `lines`; writes `model_path` (and `.vocab` beside it) atomically."""
-    import sentencepiece as spm
-
-    model_path = Path(model_path)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    counted = _Counter(lines)
-    spm.set_random_generator_seed(0)  # the line sample, and so the vocabulary, is reproducible
-    with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
-        prefix = os.path.join(tmp, "sp")
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(counted),
-                model_prefix=prefix,
-                model_type="bpe",
-                vocab_size=vocab_size,
-                character_coverage=character_coverage,
-                byte_fallback=True,
-                split_digits=True,
-                normalization_rule_name="identity",
-                remove_extra_whitespaces=False,
-                allow_whitespace_only_pieces=True,
-                add_dummy_prefix=False,
-                split_by_unicode_script=True,
-                split_by_whitespace=True,
-                unk_id=0, bos_id=1, eos_id=2, pad_id=3,
-                unk_piece=UNK, bos_piece=BOS, eos_piece=EOS, pad_piece=PAD,
-                user_defined_symbols=list(CHAT_TOKENS),
-                input_sentence_size=max_sentences,
-                shuffle_input_sentence=True,
-                max_sentence_length=max_sentence_bytes,
-                num_threads=os.cpu_count() or 1,
-                minloglevel=2,
-            )
-        except RuntimeError as err:
-            raise _vocabulary_error(str(err), vocab_size, counted.lines) from None
-        os.replace(prefix + ".vocab", model_path.with_suffix(".vocab"))
-        os.replace(prefix + ".model", model_path)
-    return model_path
-
-
-class _Counter:
-    """Passes lines through, counting them, so an error can say how little text there was."""
-
-    def __init__(self, lines: Iterable[str]) -> None:
-        self._lines = lines
-        self.lines = 0
-
-    def __iter__(self) -> Iterator[str]:
-        for line in self._lines:
-            self.lines += 1
-            yield line
-
-
-def _vocabulary_error(message: str, vocab_size: int, lines: int) -> UserError:
-    too_high = re.search(r"Vocabulary size (?:is )?too high \((\d+)\).*<= (\d+)", message)
-    if too_high:
-        return UserError(
-            f"tokenizer.vocab_size={vocab_size} is larger than this corpus supports "
-            f"({lines} lines of text give at most {too_high.group(2)} pieces); set "
-            f"tokenizer.vocab_size={too_high.group(2)} or less, or curate more text"
-        )
-    too_low = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", message)
-    if too_low:
-        return UserError(
-            f"tokenizer.vocab_size={vocab_size} is below the {too_low.group(2)} pieces any "
-            "vocabulary of this corpus needs (256 bytes, the special tokens and its characters); "
-            "raise tokenizer.vocab_size or lower tokenizer.character_coverage"
-        )
-    if lines == 0:
-        return UserError("the tokenizer has no text to train on: the corpus is empty")
-    return UserError(f"SentencePiece could not train a tokenizer: {message}")
-
-
-class Tokenizer:
+class SentencePieceTokenizer:
     """A trained SentencePiece model with the ids the input pipeline and the model rely on."""
+
+    chat_template = None
 
     def __init__(self, model_proto: bytes) -> None:
         import sentencepiece as spm
 
         self._proto = model_proto
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
+        self.pad_id, self.unk_id = self._sp.pad_id(), self._sp.unk_id()
+        self.eos_ids = (self.eos_id,)
+        self.vocab_size = self._sp.get_piece_size()
+        self.fingerprint = hashlib.sha256(model_proto).hexdigest()
 
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path) -> "SentencePieceTokenizer":
         path = Path(path)
         if not path.is_file():
             raise UserError(
@@ -180,30 +112,22 @@ class Tokenizer:
     def id_to_token(self, index: int) -> str:
         return self._sp.id_to_piece(int(index))
 
-    @property
-    def bos_id(self) -> int:
-        return self._sp.bos_id()
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        raise UserError("this SentencePiece tokenizer ships no chat template")
 
-    @property
-    def eos_id(self) -> int:
-        return self._sp.eos_id()
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes of text each token stands for (control tokens 0, byte tokens 1)."""
+        lengths = np.zeros(self.vocab_size, np.float32)
+        specials = {self.bos_id, self.eos_id, self.pad_id, self.unk_id}
+        for index in range(self.vocab_size):
+            if index not in specials:
+                lengths[index] = _piece_bytes(self.id_to_token(index))
+        return lengths
 
-    @property
-    def pad_id(self) -> int:
-        return self._sp.pad_id()
-
-    @property
-    def unk_id(self) -> int:
-        return self._sp.unk_id()
-
-    @property
-    def vocab_size(self) -> int:
-        return self._sp.get_piece_size()
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the model file: data encoded with another tokenizer must not be reused."""
-        return hashlib.sha256(self._proto).hexdigest()
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / SENTENCEPIECE_FILE).write_bytes(self._proto)
 
     def __getstate__(self) -> dict[str, bytes]:
         return {"model_proto": self._proto}
@@ -212,75 +136,112 @@ class Tokenizer:
         self.__init__(state["model_proto"])
 
     def __repr__(self) -> str:
-        return f"Tokenizer(vocab_size={self.vocab_size}, sha256={self.fingerprint[:12]})"
+        return f"SentencePieceTokenizer(vocab_size={self.vocab_size}, sha256={self.fingerprint[:12]})"
 
 
-def export_hf(model_path: str | Path, out_dir: str | Path) -> Path:
-    """A Hugging Face tokenizer directory from the .model file: `LlamaTokenizer` (fast, built by
-    transformers' own SentencePiece converter), bos added by default, <pad> and the chat tokens
-    registered as special tokens. Loads with `transformers.AutoTokenizer` and gives our ids."""
-    from transformers import LlamaTokenizer
-
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
-        source, target = Path(tmp, "spm"), Path(tmp, "hf")
-        source.mkdir()
-        shutil.copy(model_path, source / "tokenizer.model")
-        tokenizer = LlamaTokenizer.from_pretrained(
-            str(source), unk_token=UNK, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-            add_prefix_space=False, add_bos_token=True, add_eos_token=False, legacy=False,
-            additional_special_tokens=list(CHAT_TOKENS),
-        )
-        tokenizer.save_pretrained(str(target))
-        shutil.copy(model_path, target / "tokenizer.model")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(target, out_dir)
-    return out_dir
+def _optional_id(value: int | None) -> int | None:
+    return None if value is None or value < 0 else int(value)
 
 
-def train_from_config(config: Any, force: bool = False, progress: bool = True) -> dict[str, Any]:
-    """`llm-jax tokenizer`: trains on the curated corpus, exports the HF directory beside the model.
+def _with_specials(ids: list[int], bos: int | None, eos: int | None) -> list[int]:
+    return ([bos] if bos is not None else []) + ids + ([eos] if eos is not None else [])
 
-    Skips training when the model exists and was trained on the same corpus with the same
-    settings (unless `force`). Returns what it did, also saved as `training.json` beside the model.
-    """
-    import json
-    import time
 
-    from tqdm import tqdm
+def _generation_eos(directory: Path) -> list[int]:
+    """Extra end-of-turn ids from `generation_config.json` (Llama 3 lists several)."""
+    path = directory / "generation_config.json"
+    if not path.exists():
+        return []
+    value = json.loads(path.read_text()).get("eos_token_id")
+    values = value if isinstance(value, list) else [value]
+    return [int(v) for v in values if v is not None and v >= 0]
 
-    from llm_jax.data.corpus import INFO_FILE, CorpusSource, curated_dir
 
-    started = time.time()
-    source = CorpusSource(curated_dir(config))
-    model_path = default_model_path(config)
-    record_path = model_path.with_name("training.json")
-    settings = {"corpus": hashlib.sha256(Path(source.directory, INFO_FILE).read_bytes()).hexdigest(),
-                **{k: v for k, v in dataclasses.asdict(config.tokenizer).items() if k != "path"}}
-    if not force and model_path.is_file() and record_path.is_file():
-        previous = json.loads(record_path.read_text())
-        if previous.get("settings") == settings:
-            return {**previous, "skipped": True}
-    texts = tqdm((source[i] for i in range(len(source))), total=len(source), unit="doc",
-                 desc="tokenizer", disable=not progress, mininterval=0.5)
-    lines = training_lines(texts, config.tokenizer.max_sentence_bytes)
-    train_tokenizer(lines, model_path, config.tokenizer.vocab_size,
-                    character_coverage=config.tokenizer.character_coverage,
-                    max_sentences=config.tokenizer.max_sentences,
-                    max_sentence_bytes=config.tokenizer.max_sentence_bytes)
-    tokenizer = Tokenizer.load(model_path)
-    record: dict[str, Any] = {
-        "model": str(model_path), "vocab_size": tokenizer.vocab_size, "documents": len(source),
-        "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
-        "chat_tokens": {t: tokenizer.token_to_id(t) for t in CHAT_TOKENS},
-        "sha256": tokenizer.fingerprint, "settings": settings,
-    }
-    try:
-        record["hf_dir"] = str(export_hf(model_path, model_path.parent / "hf"))
-    except ImportError:
-        record["hf_dir"] = None  # transformers is an optional extra ([hf])
-    record["seconds"] = round(time.time() - started, 1)
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
-    return record
+class HFTokenizer:
+    """A Hugging Face tokenizer directory, loaded with `transformers.AutoTokenizer`."""
+
+    def __init__(self, directory: str | Path):
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise UserError(f"{directory} holds a Hugging Face tokenizer; install "
+                            "transformers (pip install -e .[hf])") from None
+        self.directory = Path(directory)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        self.bos_id = _optional_id(self.tokenizer.bos_token_id)
+        self.eos_id = _optional_id(self.tokenizer.eos_token_id)
+        self.eos_ids = tuple(sorted(set(
+            ([self.eos_id] if self.eos_id is not None else []) + _generation_eos(self.directory))))
+        pad = _optional_id(self.tokenizer.pad_token_id)
+        self.pad_id = pad if pad is not None else (self.eos_id or 0)
+        self.vocab_size = len(self.tokenizer)
+        self.chat_template = getattr(self.tokenizer, "chat_template", None) or None
+        digest = hashlib.sha256()
+        for name in self._own_files():
+            digest.update(name.encode() + (self.directory / name).read_bytes())
+        self.fingerprint = digest.hexdigest()
+
+    def _own_files(self) -> list[str]:
+        return [name for name in HF_TOKENIZER_FILES if (self.directory / name).is_file()]
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        return _with_specials(ids, self.bos_id if bos else None, self.eos_id if eos else None)
+
+    def encode_batch(self, texts: Sequence[str], bos: bool = False,
+                     eos: bool = False) -> list[list[int]]:
+        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [_with_specials(list(ids), self.bos_id if bos else None,
+                               self.eos_id if eos else None) for ids in encoded]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_to_id(self, piece: str) -> int:
+        index = self.tokenizer.convert_tokens_to_ids(piece)
+        if index is None or index == self.tokenizer.unk_token_id and piece != self.tokenizer.unk_token:
+            raise KeyError(f"{piece!r} is not a token of this vocabulary")
+        return int(index)
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True)
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes of text each token stands for; special tokens 0. A byte-level BPE
+        (GPT-2, Llama 3) spells each byte as one character; other vocabularies use
+        SentencePiece's pieces."""
+        backend = json.loads(self.tokenizer.backend_tokenizer.to_str())
+        byte_level = "ByteLevel" in json.dumps(backend.get("decoder"))
+        specials = set(self.tokenizer.all_special_ids) | {
+            index for index, token in self.tokenizer.added_tokens_decoder.items() if token.special}
+        pieces = self.tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
+        lengths = np.zeros(self.vocab_size, np.float32)
+        for index, piece in enumerate(pieces):
+            if index not in specials and piece is not None:
+                lengths[index] = len(piece) if byte_level else _piece_bytes(piece)
+        return lengths
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        if directory.resolve() == self.directory.resolve():
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in self._own_files():
+            shutil.copy2(self.directory / name, directory / name)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer at `path`: a SentencePiece `.model` file, a `tokenizer.json`, or a
+    directory holding either (a Hugging Face directory when it has `tokenizer.json`)."""
+    path = Path(path)
+    if path.is_file():
+        return HFTokenizer(path.parent) if path.name == HF_FILE else SentencePieceTokenizer.load(path)
+    if path.is_dir():
+        if (path / HF_FILE).is_file() or (path / "tokenizer_config.json").is_file():
+            return HFTokenizer(path)
+        if (path / SENTENCEPIECE_FILE).is_file():
+            return SentencePieceTokenizer.load(path / SENTENCEPIECE_FILE)
+        raise UserError(f"{path} holds no tokenizer (expected {SENTENCEPIECE_FILE} or {HF_FILE})")
+    raise UserError(f"no tokenizer at {path}: it does not exist (run `llm-jax tokenizer` first, "
+                    "or set tokenizer.path to a .model file, a tokenizer.json or their directory)")

@@ -9,9 +9,9 @@ even the first word of a text has something to be predicted from.
 
 from __future__ import annotations
 
+from llm_jax.data.tokenizer import Tokenizer
 from llm_jax.errors import UserError
 from llm_jax.eval.loglikelihood import Request
-from llm_jax.infer.tokenizers import Tokenizer
 
 
 def prefix_id(tokenizer: Tokenizer) -> int:

@@ -10,19 +10,17 @@ period.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Sequence
 
+from llm_jax.data.gsm8k_answers import flexible_answer, strict_answer
+from llm_jax.data.tokenizer import Tokenizer
 from llm_jax.errors import UserError
 from llm_jax.infer.completion import complete
 from llm_jax.infer.generator import Generator
 from llm_jax.infer.sampling import SamplingOptions
-from llm_jax.infer.tokenizers import Tokenizer
 
 STOP = ("Question:", "</s>", "<|im_end|>")
-STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
-NUMBER = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 
 
 def load_problems(path: str | Path, limit: int | None = None) -> list[dict[str, str]]:
@@ -40,23 +38,6 @@ def load_problems(path: str | Path, limit: int | None = None) -> list[dict[str, 
             if limit is not None and len(problems) >= limit:
                 break
     return problems
-
-
-def normalize(answer: str) -> str:
-    answer = answer.strip().replace(",", "").replace("$", "")
-    return answer[:-1] if answer.endswith(".") else answer
-
-
-def strict_answer(text: str) -> str | None:
-    match = STRICT.search(text)
-    return normalize(match.group(1)) if match else None
-
-
-def flexible_answer(text: str) -> str | None:
-    matches = NUMBER.findall(text)
-    if not matches:
-        return None
-    return normalize(next(group for group in matches[-1] if group))
 
 
 def prompt(question: str, fewshot: Sequence[dict[str, str]] = ()) -> str:

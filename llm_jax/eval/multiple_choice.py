@@ -18,10 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
+from llm_jax.data.tokenizer import Tokenizer
 from llm_jax.errors import UserError
 from llm_jax.eval.encoding import encode_pair
 from llm_jax.eval.loglikelihood import Scorer
-from llm_jax.infer.tokenizers import Tokenizer
 
 CONTEXT_FIELDS = ("query", "question", "context")
 GOLD_FIELDS = ("gold", "label", "answer")

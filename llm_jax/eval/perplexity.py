@@ -12,9 +12,9 @@ import math
 import re
 from typing import Sequence
 
+from llm_jax.data.tokenizer import Tokenizer
 from llm_jax.eval.encoding import prefix_id
 from llm_jax.eval.loglikelihood import Scorer, total_logprob
-from llm_jax.infer.tokenizers import Tokenizer
 
 
 def count_words(text: str) -> int:

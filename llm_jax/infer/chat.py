@@ -6,7 +6,7 @@ here expects the same framing at generation time, ending with an open assistant 
 
 from __future__ import annotations
 
-from llm_jax.infer.tokenizers import Tokenizer
+from llm_jax.data.tokenizer import Tokenizer
 
 CHATML_END = "<|im_end|>"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from llm_jax.data.tokenizer import Tokenizer
 from llm_jax.errors import UserError
 from llm_jax.infer.chat import chat_prompt
 from llm_jax.infer.generator import Generator
 from llm_jax.infer.sampling import SamplingOptions
-from llm_jax.infer.tokenizers import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,11 +6,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from llm_jax import checkpoint as ckpt
 from llm_jax.config import Config
+from llm_jax.data.tokenizer import Tokenizer
 from llm_jax.errors import UserError
 from llm_jax.infer.generator import Generator
-from llm_jax.infer.tokenizers import Tokenizer, load_tokenizer
-from llm_jax.train import checkpoint as ckpt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,7 @@ class LoadedModel:
 
 def load_model(checkpoint: str | Path) -> LoadedModel:
     """Loads the tokenizer first, so a checkpoint without one fails before the weights load."""
-    tokenizer = load_tokenizer(checkpoint)
+    tokenizer = ckpt.load_run_tokenizer(checkpoint)
     config, params = ckpt.restore_params(checkpoint)
     if tokenizer.vocab_size > config.model.vocab_size:
         raise UserError(

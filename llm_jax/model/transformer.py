@@ -21,7 +21,7 @@ from llm_jax.model.attention import Attention, CacheMeta, LayerKV
 from llm_jax.model.attention_kernels import check_backend
 from llm_jax.model.kv_cache import CACHE_KV_AXES, CACHE_SEGMENT_AXES, KVCache
 from llm_jax.model.layers import Embed, Mlp, Norm, dense, param_with_axes
-from llm_jax.parallel.pipeline import gpipe
+from llm_jax.model.pipeline import gpipe
 
 HIDDEN_AXES = ("act_batch", "act_length", "act_embed")
 

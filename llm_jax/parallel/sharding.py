@@ -1,8 +1,4 @@
-"""From logical axis names to `NamedSharding`s, sharded initialization, the compiled step.
-
-The train state is created inside `jax.jit` with `out_shardings`, so each device only ever
-allocates its own shards: a model larger than one host's memory is never materialized whole.
-"""
+"""From logical axis names to `NamedSharding`s, and a step compiled for a mesh."""
 
 from __future__ import annotations
 
@@ -15,9 +11,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llm_jax.config import Config
 from llm_jax.parallel.rules import Rules, axis_rules
-from llm_jax.train.heads import init_train_params
-from llm_jax.train.init_from import needs_reference
-from llm_jax.train.state import TrainState
 
 BATCH_AXES = ("act_batch", "act_length")
 
@@ -38,30 +31,6 @@ def logical_to_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
 def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
     """Batches [batch, length] are split over the data-parallel axes."""
     return NamedSharding(mesh, nn.logical_to_mesh_axes(BATCH_AXES, rules))
-
-
-def create_train_state(config: Config, mesh: Mesh, tx, rng: jax.Array) -> tuple[TrainState, Any]:
-    """(state, its shardings), each parameter and optimizer moment born in its shards."""
-    rules = axis_rules(config.mesh.rules)
-
-    def boxed_state(key):
-        return TrainState.create(init_train_params(config, key), tx)
-
-    abstract = jax.eval_shape(boxed_state, rng)
-    shardings = logical_to_shardings(abstract, mesh, rules)
-    with sharding_context(mesh, rules):
-        state = jax.jit(lambda key: nn.unbox(boxed_state(key)), out_shardings=shardings)(rng)
-    return state, shardings
-
-
-def abstract_train_state(config: Config, tx) -> tuple[TrainState, Any]:
-    """Shapes of the train state and their logical partition specs, allocating nothing."""
-    def boxed_state():
-        state = TrainState.create(init_train_params(config, jax.random.key(0)), tx)
-        return state.replace(reference=state.params) if needs_reference(config) else state
-
-    abstract = jax.eval_shape(boxed_state)
-    return nn.unbox(abstract), nn.get_partition_spec(abstract)
 
 
 def jit_train_step(step: Callable, config: Config, mesh: Mesh, state_shardings: Any):

@@ -12,12 +12,12 @@ from jax.sharding import Mesh, NamedSharding
 
 from llm_jax.config import Config
 from llm_jax.parallel.rules import Rules, axis_rules
-from llm_jax.parallel.sharding import batch_sharding, create_train_state, jit_train_step
+from llm_jax.parallel.sharding import batch_sharding, jit_train_step
 from llm_jax.train.forward import make_forward
 from llm_jax.train.init_from import attach_reference
 from llm_jax.train.objectives import Objective, make_objective
 from llm_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from llm_jax.train.state import TrainState
+from llm_jax.train.state import TrainState, create_train_state
 from llm_jax.train.step import make_train_step
 
 

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from llm_jax import checkpoint
 from llm_jax.config import Config
 from llm_jax.errors import UserError
-from llm_jax.train import checkpoint
-from llm_jax.train.heads import abstract_train_params
+from llm_jax.model.heads import abstract_train_params
 
 
 def needs_reference(config: Config) -> bool:

@@ -20,17 +20,17 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from llm_jax import checkpoint
 from llm_jax.config import Config, save_config
 from llm_jax.errors import UserError
+from llm_jax.model.pipeline import bubble_fraction
 from llm_jax.parallel.distributed import initialize_distributed
 from llm_jax.parallel.mesh import make_mesh
-from llm_jax.parallel.pipeline import bubble_fraction
 from llm_jax.parallel.rules import axis_rules
 from llm_jax.parallel.sharding import sharding_context
-from llm_jax.train import checkpoint
+from llm_jax.train.build import build_training
 from llm_jax.train.flops import flops_per_token, peak_flops_per_device
 from llm_jax.train.forward import make_forward
-from llm_jax.train.build import build_training
 from llm_jax.train.init_from import initialize_from
 from llm_jax.train.losses import cross_entropy_sums
 from llm_jax.train.metrics import MetricsLogger
@@ -73,11 +73,6 @@ def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array
             for name, value in local.items()}
 
 
-def _init_params_from(config: Config, state, shardings):
-    """Fine-tuning: replaces the freshly initialized params (and reference) by a checkpoint's."""
-    return initialize_from(config, state, shardings)
-
-
 def evaluate(eval_step, state, batches: Iterator[dict], sharding, steps: int,
              token_bytes: np.ndarray | None) -> dict[str, float]:
     """Mean next-token loss over `steps` held-out batches, and bits per byte."""
@@ -116,11 +111,16 @@ def _make_eval_step(config: Config, mesh):
 
 def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
     """Runs (or resumes) `config` on `data`, an object with `train_iterator()`,
-    `eval_iterator()` and `token_bytes` (see `llm_jax.data.pipeline`)."""
+    `eval_iterator()`, `token_bytes` and `tokenizer` (see `llm_jax.train.data`); the run
+    directory gets its config and tokenizer once the checkpoint it resumes has loaded."""
     initialize_distributed()
     run_dir = Path(config.run_dir).absolute()
     mesh = make_mesh(config)
-    save_config(config, run_dir / checkpoint.CONFIG_FILE)
+    manager = checkpoint.checkpoint_manager(run_dir, keep=config.checkpoint.keep,
+                                            async_save=config.checkpoint.async_save)
+    start = manager.latest_step()
+    if start is not None:
+        checkpoint.check_resumable(run_dir, config)
 
     total_steps = config.train.steps
     training = build_training(config, mesh)
@@ -129,17 +129,18 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
     eval_fn = _make_eval_step(config, mesh)
     sharding = training.batch_sharding
 
-    manager = checkpoint.checkpoint_manager(run_dir, keep=config.checkpoint.keep,
-                                            async_save=config.checkpoint.async_save)
     train_batches = data.train_iterator()
-    start = manager.latest_step()
     if start is not None:
         state, data_state = checkpoint.restore_train_state(manager, start, state, shardings)
         train_batches.set_state(data_state)
         print(f"resumed {run_dir} at step {start}")
     elif config.train.init_from:
-        state = _init_params_from(config, state, shardings)
+        state = initialize_from(config, state, shardings)
     start = start or 0
+    if jax.process_index() == 0:  # the run directory describes what it holds, once it holds it
+        save_config(config, run_dir / checkpoint.CONFIG_FILE)
+        if getattr(data, "tokenizer", None) is not None:
+            checkpoint.save_run_tokenizer(data.tokenizer, run_dir)
     # Post-training data may need the model: reference log-probs computed before the first
     # step, PPO's rollouts sampled from the current policy, and its own evaluation.
     if hasattr(data, "attach"):

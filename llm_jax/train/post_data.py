@@ -6,19 +6,18 @@
     ppo            PromptData      prompts; batches are rollouts of the current policy
 
 Each has what `llm_jax.train.loop.train` reads: `train_iterator()` (grain, checkpointable),
-`eval_iterator()`, `token_bytes`, `copy_tokenizer_to(run_dir)`, and, where the data needs the
+`eval_iterator()`, `token_bytes`, `tokenizer`, and, where the data needs the
 model, `attach(training, state)` (called once before the first step), `device_batch(state,
 local)` (PPO: the batch depends on the policy) and `evaluate(state)`.
 
-The tokenizer is the one saved with `train.init_from` (ours or an imported Hugging Face one),
-or `tokenizer.path`. Records are read and encoded when the run starts; what was dropped and
+The tokenizer is `tokenizer.path`, or the one saved with `train.init_from` (ours or an
+imported Hugging Face one; `llm_jax.train.data.run_tokenizer`). Records are read and encoded when the run starts; what was dropped and
 why is printed, saved as `<run_dir>/post_data.json`, and stops the run when there is too much
 of it (`post.max_skipped_fraction`).
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,18 @@ from llm_jax.config import Config, ConfigError
 from llm_jax.data.chat_format import Encoded, Message, make_template
 from llm_jax.data.instructions import conversations, prompt_messages
 from llm_jax.data.post_pipeline import (
-    EncodedPair, host_split, ordered_pair_batches, preference_batches, prompt_index_batches,
-    sft_batches)
+    EncodedPair,
+    host_split,
+    ordered_pair_batches,
+    preference_batches,
+    prompt_index_batches,
+    sft_batches,
+)
 from llm_jax.data.preference import preference_pair
 from llm_jax.data.records import RecordError, SkipReport, read_records
 from llm_jax.errors import UserError
-from llm_jax.infer.tokenizers import SentencePieceTokenizer, load_tokenizer, load_tokenizer_dir
 from llm_jax.parallel.sharding import sharding_context
-from llm_jax.train import checkpoint
-from llm_jax.train.data import TrainingData
+from llm_jax.train.data import TrainingData, run_tokenizer
 from llm_jax.train.dpo import reply_logprobs
 from llm_jax.train.forward import make_forward
 from llm_jax.train.objective_eval import make_objective_eval, to_global
@@ -46,27 +48,6 @@ from llm_jax.train.rewards import load_reward_function
 from llm_jax.train.rollout import Prompt, Rollouts, load_reward_model, rollout_seed
 
 REPORT_FILE = "post_data.json"
-
-
-def post_tokenizer(config: Config) -> tuple[Any, Path]:
-    """(tokenizer, where it was read from): `tokenizer.path`, else `train.init_from`'s, else
-    the run directory's own (a resumed run)."""
-    if config.tokenizer.path:
-        path = Path(config.tokenizer.path)
-        if path.is_dir():
-            return load_tokenizer_dir(path), path
-        if path.is_file():
-            return SentencePieceTokenizer(path), path
-        raise UserError(f"tokenizer.path={path} does not exist")
-    if config.train.init_from:
-        return load_tokenizer(config.train.init_from), checkpoint.tokenizer_dir(
-            config.train.init_from)
-    own = Path(config.run_dir) / checkpoint.TOKENIZER_DIR
-    if own.is_dir() and any(own.iterdir()):
-        return load_tokenizer_dir(own), own
-    raise UserError(f"train.objective={config.train.objective} needs a tokenizer: set "
-                    "train.init_from to the checkpoint to fine-tune (its tokenizer is used) or "
-                    "tokenizer.path")
 
 
 def with_system(messages: list[Message], system: str) -> list[Message]:
@@ -82,7 +63,7 @@ class PostTrainingData:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.tokenizer, self._tokenizer_source = post_tokenizer(config)
+        self.tokenizer = run_tokenizer(config)
         if self.tokenizer.vocab_size > config.model.vocab_size:
             raise ConfigError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but "
                               f"model.vocab_size={config.model.vocab_size}")
@@ -115,18 +96,6 @@ class PostTrainingData:
                     eval_fraction=self.config.post.eval_fraction,
                     shuffle=self.config.data.shuffle, process_index=self.process_index,
                     process_count=self.process_count)
-
-    def copy_tokenizer_to(self, run_dir: str | Path) -> None:
-        """Keeps the run directory self-contained: generate, eval and export read it there."""
-        target = Path(run_dir) / checkpoint.TOKENIZER_DIR
-        source = self._tokenizer_source
-        if source.resolve() == target.resolve():
-            return
-        if source.is_file():
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, target / "tokenizer.model")
-        else:
-            shutil.copytree(source, target, dirs_exist_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from llm_jax.config import Config, ModelConfig
-from llm_jax.train.heads import SCORE_HEAD, apply_head, last_token_values
+from llm_jax.model.heads import SCORE_HEAD, apply_head, last_token_values
 from llm_jax.train.objectives import Batch, Forward, Objective
 from llm_jax.train.preference_batch import model_inputs, real_pairs, split_sides
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable, Sequence
 
+from llm_jax.data.gsm8k_answers import flexible_answer, strict_answer
 from llm_jax.errors import UserError
-from llm_jax.eval.gsm8k import flexible_answer, strict_answer
 
 RewardFunction = Callable[[Sequence[str], Sequence[str], Sequence[dict]], Sequence[float]]
 ANSWER_FIELDS = ("answer", "completion", "output")

@@ -32,15 +32,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from llm_jax import checkpoint
 from llm_jax.config import Config
 from llm_jax.errors import UserError
 from llm_jax.infer.generator import Generator
 from llm_jax.infer.sampling import SamplingOptions
+from llm_jax.model.heads import init_train_params, lm_logits
 from llm_jax.parallel.sharding import logical_to_shardings, sharding_context
-from llm_jax.train import checkpoint
 from llm_jax.train.advantages import gae, group_advantages, kl_rewards, whiten
 from llm_jax.train.forward import make_forward
-from llm_jax.train.heads import init_train_params, lm_logits
 from llm_jax.train.logprobs import sequence_logprobs
 from llm_jax.train.objective_eval import to_global
 from llm_jax.train.ppo import forward_batch, policy_outputs

@@ -1,12 +1,24 @@
-"""The train state: one pytree of everything a step reads and writes."""
+"""The train state: one pytree of everything a step reads and writes, created in its shards.
+
+The state is created inside `jax.jit` with `out_shardings`, so each device only ever allocates
+its own shards: a model larger than one host's memory is never materialized whole.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from llm_jax.config import Config
+from llm_jax.model.heads import init_train_params
+from llm_jax.parallel.rules import axis_rules
+from llm_jax.parallel.sharding import logical_to_shardings, sharding_context
+from llm_jax.train.init_from import needs_reference
 
 
 @flax.struct.dataclass
@@ -25,3 +37,27 @@ class TrainState:
     def create(cls, params: Any, tx) -> "TrainState":
         return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                    bad_steps=jnp.zeros((), jnp.int32))
+
+
+def create_train_state(config: Config, mesh: Mesh, tx, rng: jax.Array) -> tuple[TrainState, Any]:
+    """(state, its shardings), each parameter and optimizer moment born in its shards."""
+    rules = axis_rules(config.mesh.rules)
+
+    def boxed_state(key):
+        return TrainState.create(init_train_params(config, key), tx)
+
+    abstract = jax.eval_shape(boxed_state, rng)
+    shardings = logical_to_shardings(abstract, mesh, rules)
+    with sharding_context(mesh, rules):
+        state = jax.jit(lambda key: nn.unbox(boxed_state(key)), out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def abstract_train_state(config: Config, tx) -> tuple[TrainState, Any]:
+    """Shapes of the train state and their logical partition specs, allocating nothing."""
+    def boxed_state():
+        state = TrainState.create(init_train_params(config, jax.random.key(0)), tx)
+        return state.replace(reference=state.params) if needs_reference(config) else state
+
+    abstract = jax.eval_shape(boxed_state)
+    return nn.unbox(abstract), nn.get_partition_spec(abstract)

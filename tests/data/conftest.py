@@ -26,11 +26,12 @@ def shakespeare(data_dir: Path) -> str:
 def trained_tokenizer(tmp_path_factory: pytest.TempPathFactory, shakespeare: str):
     """A small BPE tokenizer trained on Shakespeare and some standard-library code."""
     from llm_jax.data.sources import ReadProblems, StdlibSource
-    from llm_jax.data.tokenizer import Tokenizer, train_tokenizer, training_lines
+    from llm_jax.data.tokenizer import SentencePieceTokenizer
+    from llm_jax.data.tokenizer_training import train_tokenizer, training_lines
 
     source = StdlibSource(max_doc_chars=20000)
     code = [doc.text for unit in source.units()[1:40] for doc in source.read_unit(unit, ReadProblems())
             if doc.kind == "code"]
     path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.model"
     train_tokenizer(training_lines([shakespeare[:300_000], *code], 4192), path, vocab_size=1000)
-    return Tokenizer.load(path)
+    return SentencePieceTokenizer.load(path)

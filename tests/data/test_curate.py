@@ -186,7 +186,7 @@ def test_cli_prints_user_errors_without_traceback(tmp_path: Path, capsys: pytest
 
 
 def test_tokenizer_command_trains_on_the_corpus(curated: tuple, capsys: pytest.CaptureFixture) -> None:
-    from llm_jax.data.tokenizer import Tokenizer
+    from llm_jax.data.tokenizer import SentencePieceTokenizer
 
     report, out, config = curated
     args = ["--config", "tiny", f"run_dir={config.run_dir}", "tokenizer.vocab_size=600",
@@ -197,7 +197,7 @@ def test_tokenizer_command_trains_on_the_corpus(curated: tuple, capsys: pytest.C
     model = Path(config.run_dir) / "tokenizer" / "tokenizer.model"
     record = json.loads(model.with_name("training.json").read_text())
     assert record["documents"] == report["documents_out"] and record["pad_id"] == 3
-    assert Tokenizer.load(model).vocab_size == 600
+    assert SentencePieceTokenizer.load(model).vocab_size == 600
     assert (Path(config.run_dir) / "tokens" / "meta.json").is_file()
     assert main(["tokenizer", *args]) == 0
     assert "already trained on this corpus" in capsys.readouterr().out

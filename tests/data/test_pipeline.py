@@ -13,7 +13,7 @@ from llm_jax.config import Config, ConfigError, load_config
 from llm_jax.data import corpus
 from llm_jax.data.pipeline import batch_tokens, make_batch_iterator, split_indices
 from llm_jax.data.sources import ReadProblems, StdlibSource, split_text
-from llm_jax.data.tokenizer import Tokenizer
+from llm_jax.data.tokenizer import SentencePieceTokenizer
 from llm_jax.errors import UserError
 
 T, B = 64, 8
@@ -62,7 +62,7 @@ def _segments(batch: dict[str, np.ndarray]):
             yield batch["inputs"][row][at], batch["targets"][row][at], batch["positions"][row][at]
 
 
-def _whole_documents(tok: Tokenizer, batches) -> list[str]:
+def _whole_documents(tok: SentencePieceTokenizer, batches) -> list[str]:
     """Texts of the documents that fit whole in one segment ([bos] ... -> ... [eos])."""
     found = []
     for batch in batches:
@@ -72,7 +72,7 @@ def _whole_documents(tok: Tokenizer, batches) -> list[str]:
     return found
 
 
-def test_packed_batch_contract(run_dir: Path, trained_tokenizer: Tokenizer, texts: list[str]) -> None:
+def test_packed_batch_contract(run_dir: Path, trained_tokenizer: SentencePieceTokenizer, texts: list[str]) -> None:
     tok = trained_tokenizer
     batches = _take(make_batch_iterator(_config(run_dir), tok, process_index=0, process_count=1), 30)
     batch = batches[0]
@@ -97,7 +97,7 @@ def test_packed_batch_contract(run_dir: Path, trained_tokenizer: Tokenizer, text
     assert sum(batch_tokens(b) for b in batches) > 0.8 * 30 * B * T  # packing leaves little padding
 
 
-def test_concat_batch_contract(run_dir: Path, trained_tokenizer: Tokenizer) -> None:
+def test_concat_batch_contract(run_dir: Path, trained_tokenizer: SentencePieceTokenizer) -> None:
     tok = trained_tokenizer
     config = _config(run_dir, "data.packing=concat")
     batches = _take(make_batch_iterator(config, tok, process_index=0, process_count=1), 20)
@@ -110,7 +110,7 @@ def test_concat_batch_contract(run_dir: Path, trained_tokenizer: Tokenizer) -> N
 
 
 @pytest.mark.parametrize("packing", ["pack", "concat"])
-def test_resume_continues_exactly(run_dir: Path, trained_tokenizer: Tokenizer, packing: str) -> None:
+def test_resume_continues_exactly(run_dir: Path, trained_tokenizer: SentencePieceTokenizer, packing: str) -> None:
     config = _config(run_dir, f"data.packing={packing}")
     host = {"process_index": 0, "process_count": 1}
     uninterrupted = _take(make_batch_iterator(config, trained_tokenizer, **host), 25)
@@ -124,7 +124,7 @@ def test_resume_continues_exactly(run_dir: Path, trained_tokenizer: Tokenizer, p
             np.testing.assert_array_equal(expected[key], got[key])
 
 
-def test_deterministic_and_seeded(run_dir: Path, trained_tokenizer: Tokenizer) -> None:
+def test_deterministic_and_seeded(run_dir: Path, trained_tokenizer: SentencePieceTokenizer) -> None:
     host = {"process_index": 0, "process_count": 1}
     a = _take(make_batch_iterator(_config(run_dir), trained_tokenizer, **host), 5)
     b = _take(make_batch_iterator(_config(run_dir), trained_tokenizer, **host), 5)
@@ -133,14 +133,14 @@ def test_deterministic_and_seeded(run_dir: Path, trained_tokenizer: Tokenizer) -
     assert not all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, c))
 
 
-def test_train_repeats_with_a_new_order_each_epoch(run_dir: Path, trained_tokenizer: Tokenizer) -> None:
+def test_train_repeats_with_a_new_order_each_epoch(run_dir: Path, trained_tokenizer: SentencePieceTokenizer) -> None:
     config = _config(run_dir, "data.packing=concat")
     it = make_batch_iterator(config, trained_tokenizer, process_index=0, process_count=1)
     seen = [next(it)["inputs"] for _ in range(400)]  # several passes over the small corpus
     assert len({row.tobytes() for batch in seen for row in batch}) > 0.9 * 400 * B
 
 
-def test_hosts_read_disjoint_documents(run_dir: Path, trained_tokenizer: Tokenizer, texts: list[str]) -> None:
+def test_hosts_read_disjoint_documents(run_dir: Path, trained_tokenizer: SentencePieceTokenizer, texts: list[str]) -> None:
     config = _config(run_dir)
     train_docs = split_indices(len(texts), 0.1, "train")
     per_host = []
@@ -155,7 +155,7 @@ def test_hosts_read_disjoint_documents(run_dir: Path, trained_tokenizer: Tokeniz
     assert not per_host[0] & per_host[1]
 
 
-def test_eval_is_one_padded_pass_over_held_out_documents(run_dir: Path, trained_tokenizer: Tokenizer,
+def test_eval_is_one_padded_pass_over_held_out_documents(run_dir: Path, trained_tokenizer: SentencePieceTokenizer,
                                                        texts: list[str]) -> None:
     tok = trained_tokenizer
     held_out = split_indices(len(texts), 0.1, "eval")
@@ -178,7 +178,7 @@ def test_eval_is_one_padded_pass_over_held_out_documents(run_dir: Path, trained_
         assert got[-1]["loss_mask"].sum() == 0
 
 
-def test_pretokenized_path_gives_the_same_batches(run_dir: Path, trained_tokenizer: Tokenizer,
+def test_pretokenized_path_gives_the_same_batches(run_dir: Path, trained_tokenizer: SentencePieceTokenizer,
                                                   tmp_path: Path) -> None:
     from llm_jax.data.pretokenize import pretokenize
 
@@ -205,7 +205,7 @@ def _args(config: Config) -> list[str]:
             "data.eval_fraction=0.1", f"data.tokens_dir={config.data.tokens_dir}"]
 
 
-def test_configuration_errors(run_dir: Path, trained_tokenizer: Tokenizer, tmp_path: Path) -> None:
+def test_configuration_errors(run_dir: Path, trained_tokenizer: SentencePieceTokenizer, tmp_path: Path) -> None:
     host = {"process_index": 0, "process_count": 1}
     with pytest.raises(ConfigError, match="model.vocab_size"):
         make_batch_iterator(_config(run_dir, "model.vocab_size=512"), trained_tokenizer, **host)

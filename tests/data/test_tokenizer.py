@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_jax.data.tokenizer import CHAT_TOKENS, Tokenizer, export_hf, train_tokenizer, training_lines
+from llm_jax.data.tokenizer import CHAT_TOKENS, SentencePieceTokenizer
+from llm_jax.data.tokenizer_training import export_hf, train_tokenizer, training_lines
 from llm_jax.errors import UserError
 
 SAMPLES = [
@@ -43,12 +44,12 @@ def _random_text(rng: random.Random) -> str:
 
 
 @pytest.mark.parametrize("text", SAMPLES)
-def test_round_trip(trained_tokenizer: Tokenizer, text: str) -> None:
+def test_round_trip(trained_tokenizer: SentencePieceTokenizer, text: str) -> None:
     assert trained_tokenizer.decode(trained_tokenizer.encode(text)) == text
     assert trained_tokenizer.decode(trained_tokenizer.encode(text, bos=True, eos=True)) == text
 
 
-def test_round_trip_on_random_unicode(trained_tokenizer: Tokenizer) -> None:
+def test_round_trip_on_random_unicode(trained_tokenizer: SentencePieceTokenizer) -> None:
     rng = random.Random(0)
     texts = [_random_text(rng) for _ in range(300)]
     for text, ids in zip(texts, trained_tokenizer.encode_batch(texts)):
@@ -56,7 +57,7 @@ def test_round_trip_on_random_unicode(trained_tokenizer: Tokenizer) -> None:
         assert trained_tokenizer.unk_id not in ids  # byte fallback, never <unk>
 
 
-def test_special_tokens_and_options(trained_tokenizer: Tokenizer) -> None:
+def test_special_tokens_and_options(trained_tokenizer: SentencePieceTokenizer) -> None:
     tok = trained_tokenizer
     assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 2, 3)
     assert [tok.token_to_id(t) for t in CHAT_TOKENS] == [4, 5]
@@ -72,7 +73,7 @@ def test_special_tokens_and_options(trained_tokenizer: Tokenizer) -> None:
     assert clone.encode(SAMPLES[6]) == tok.encode(SAMPLES[6]) and clone.fingerprint == tok.fingerprint
 
 
-def test_exported_tokenizer_gives_the_same_ids(trained_tokenizer: Tokenizer, tmp_path: Path,
+def test_exported_tokenizer_gives_the_same_ids(trained_tokenizer: SentencePieceTokenizer, tmp_path: Path,
                                                shakespeare: str) -> None:
     transformers = pytest.importorskip("transformers")
     model = tmp_path / "tokenizer.model"
@@ -96,7 +97,7 @@ def test_vocabulary_larger_than_the_corpus_supports(tmp_path: Path) -> None:
         train_tokenizer(lines, tmp_path / "t.model", vocab_size=5000)
     assert not (tmp_path / "t.model").exists()
     with pytest.raises(UserError, match="no tokenizer at"):
-        Tokenizer.load(tmp_path / "t.model")
+        SentencePieceTokenizer.load(tmp_path / "t.model")
 
 
 def test_training_lines_cut_long_lines_on_character_boundaries() -> None:

@@ -21,9 +21,10 @@ from jax.sharding import PartitionSpec
 from llm_jax.config import Config, ConfigError
 from llm_jax.parallel.mesh import check_fits_mesh, mesh_shape
 from llm_jax.parallel.rules import axis_rules
-from llm_jax.parallel.sharding import abstract_train_state, sharding_context
+from llm_jax.parallel.sharding import sharding_context
 from llm_jax.train.flops import flops_per_token
 from llm_jax.train.optimizer import make_optimizer
+from llm_jax.train.state import abstract_train_state
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ A checkpoint directory (also: a run directory) holds
 
     config.yaml            the resolved `Config` of the run
     checkpoints/<step>/    Orbax steps, each with item `params` (training adds its own items)
-    tokenizer/             the tokenizer files, when the run has one
+    tokenizer/             the tokenizer's own files, when the run has one
 
 Orbax writes each step to a temporary name and renames it when complete, so a step directory
 that exists is whole. Wherever a command takes `--checkpoint`, it may name the run directory
@@ -13,6 +13,7 @@ that exists is whole. Wherever a command takes `--checkpoint`, it may name the r
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ import jax
 import orbax.checkpoint as ocp
 
 from llm_jax.config import Config, from_dict, load_yaml, save_config
+from llm_jax.data.tokenizer import Tokenizer, load_tokenizer
 from llm_jax.errors import UserError
-from llm_jax.train.heads import abstract_train_params
+from llm_jax.model.heads import abstract_train_params
 
 CONFIG_FILE = "config.yaml"
 STEPS_DIR = "checkpoints"
@@ -58,6 +60,38 @@ def load_run_config(run_dir: str | Path) -> Config:
     return from_dict(load_yaml(path))
 
 
+# What decides the shapes of a saved train state: a run resumed with other values cannot load it.
+STATE_SHAPING_KEYS = ("model", "train.objective", "dpo.reference", "ppo.algorithm")
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
+def _lookup(config: Config, key: str) -> Any:
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def check_resumable(run_dir: str | Path, config: Config) -> None:
+    """Fails, naming the keys, when `config` cannot resume the checkpoints in `run_dir`."""
+    saved = load_run_config(run_dir)
+    differing = []
+    for key in STATE_SHAPING_KEYS:
+        old, new = _flat(_lookup(saved, key), key), _flat(_lookup(config, key), key)
+        differing += [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                      if old.get(k) != new.get(k)]
+    if differing:
+        raise UserError(f"{run_dir} holds checkpoints of another model or objective, so this run "
+                        f"cannot resume them ({'; '.join(differing)}): use a new run_dir, or the "
+                        "settings it was started with")
+
+
 def save_params(run_dir: str | Path, config: Config, params: Any, step: int = 0) -> Path:
     """Writes config.yaml and one Orbax step holding only `params` (imports, exports)."""
     run_dir = Path(run_dir).absolute()
@@ -91,6 +125,22 @@ def restore_params(checkpoint: str | Path, shardings: Any = None) -> tuple[Confi
 def tokenizer_dir(checkpoint: str | Path) -> Path:
     run_dir, _ = resolve(checkpoint)
     return run_dir / TOKENIZER_DIR
+
+
+def load_run_tokenizer(checkpoint: str | Path) -> Tokenizer:
+    """The tokenizer saved with a checkpoint (run directory or step directory)."""
+    directory = tokenizer_dir(checkpoint)
+    if not directory.is_dir() or not any(directory.iterdir()):
+        raise UserError(
+            f"checkpoint {checkpoint} has no tokenizer: expected {directory}/tokenizer.model "
+            "(a trained tokenizer) or Hugging Face tokenizer files (llm-jax import-hf copies them)")
+    return load_tokenizer(directory)
+
+
+def save_run_tokenizer(tokenizer: Tokenizer, run_dir: str | Path) -> None:
+    """Keeps a run directory self-contained (generate, eval and export read its tokenizer
+    there): the tokenizer's own files only, never the other files beside them."""
+    tokenizer.save(Path(run_dir) / TOKENIZER_DIR)
 
 
 def save_train_state(manager: ocp.CheckpointManager, state: Any, data_state: Any,
