@@ -3,11 +3,14 @@
 The harness is driven through its real command line (`python -m llm_jax.eval.lm_eval_main`,
 i.e. `lm_eval` with our model registered) on local YAML tasks over JSONL files: one
 multiple-choice task (acc, acc_norm), one rolling log-likelihood task (bits per byte, word
-and byte perplexity) and one generate-until task.
+and byte perplexity) and one generate-until task. Rolling log-likelihoods are compared with
+lm-eval's own `hf` model on an imported `transformers` Llama.
 """
 
 import json
+import math
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +19,13 @@ import pytest
 
 pytest.importorskip("lm_eval", reason="lm-eval is the [eval] extra: pip install -e .[eval]")
 
-from checkpoint_factory import TEXT, own_checkpoint  # noqa: E402
+from checkpoint_factory import TEXT, WORDS, hf_model, own_checkpoint, word_tokenizer  # noqa: E402
 
+from llm_jax.convert.hf_import import import_hf_checkpoint  # noqa: E402
 from llm_jax.eval.gsm8k import prompt as gsm8k_prompt  # noqa: E402
+from llm_jax.eval.harness import LlmJaxLM  # noqa: E402
+from llm_jax.eval.loglikelihood import Scorer, total_logprob  # noqa: E402
+from llm_jax.eval.perplexity import count_words  # noqa: E402
 from llm_jax.eval.tasks import EvalOptions, run_task  # noqa: E402
 from llm_jax.infer.completion import complete  # noqa: E402
 from llm_jax.infer.loading import load_model  # noqa: E402
@@ -127,14 +134,24 @@ def test_multiple_choice_accuracy_equals_our_eval(harness_run, own_model):
     assert theirs["acc_stderr,none"] == pytest.approx(ours["acc_stderr"], rel=1e-6)
 
 
-def test_rolling_perplexity_and_bits_per_byte_equal_our_eval(harness_run, own_model):
-    _, root, results, _ = harness_run
-    ours = run_task("perplexity", own_model,
-                    EvalOptions(data=(f"jsonl:{root / 'llmjax_rolling.jsonl'}",), batch_size=4))
+def test_rolling_metrics_score_the_bos_that_the_exported_tokenizer_adds(harness_run, own_model):
+    """lm-eval's `hf` model scores a document as the Llama tokenizer encodes it, BOS included,
+    after its own prefix BOS; our eval scores the text alone, in the same windows."""
+    _, _, results, _ = harness_run
+    tokenizer = own_model.tokenizer
+    texts = [doc["text"] for doc in DOCUMENTS]
+    scorer = Scorer(own_model.config.model, own_model.params, batch_size=4)
+    with_bos = [tokenizer.encode(text, bos=True) for text in texts]
+    assert max(len(tokens) for tokens in with_bos) > 2 * scorer.max_length  # several windows
+    logprob = sum(total_logprob(scorer, with_bos, tokenizer.bos_id))
+    n_bytes = sum(len(text.encode("utf-8")) for text in texts)
+    n_words = sum(count_words(text) for text in texts)
+    expected = {"bits_per_byte": -logprob / n_bytes / math.log(2),
+                "byte_perplexity": math.exp(-logprob / n_bytes),
+                "word_perplexity": math.exp(-logprob / n_words)}
     theirs = results["llmjax_rolling"]
-    assert ours["documents"] == len(DOCUMENTS)
-    for metric in ("bits_per_byte", "byte_perplexity", "word_perplexity"):
-        assert theirs[f"{metric},none"] == pytest.approx(ours[metric], rel=1e-6), metric
+    for metric, value in expected.items():
+        assert theirs[f"{metric},none"] == pytest.approx(value, rel=1e-6), metric
 
 
 def test_generate_until_equals_our_generation(harness_run, own_model):
@@ -147,3 +164,50 @@ def test_generate_until_equals_our_generation(harness_run, own_model):
     assert max(len(own_model.tokenizer.encode(p)) for p in prompts) < 128 - 12
     ours = complete(own_model.generator(), own_model.tokenizer, prompts, options)
     assert [s["resps"][0][0] for s in logged] == [c.text for c in ours]
+
+
+def bos_word_tokenizer():
+    """The word-level tokenizer with BOS added by default, as Llama tokenizers do."""
+    from tokenizers import processors
+
+    tokenizer = word_tokenizer()
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)])
+    return tokenizer
+
+
+def word_documents() -> list[str]:
+    """Documents around and beyond the context of 128 tokens, so several windows occur (one
+    word is one token), an empty one and one that already starts with the BOS."""
+    rng = random.Random(0)
+    words = [" ".join(rng.choice(WORDS[3:]) for _ in range(n))
+             for n in (5, 126, 127, 128, 129, 300, 400)]
+    return words + ["", "<s> w5 w9 w33 w40"]
+
+
+@pytest.fixture(scope="module")
+def imported_llama(tmp_path_factory):
+    """(the saved `transformers` Llama directory, our checkpoint imported from it)."""
+    root = tmp_path_factory.mktemp("imported_llama")
+    hf_model().save_pretrained(root / "hf")
+    bos_word_tokenizer().save_pretrained(root / "hf")
+    return root / "hf", import_hf_checkpoint(root / "hf", root / "ours")
+
+
+@pytest.mark.parametrize("max_length", [None, 48])
+def test_rolling_loglikelihood_equals_lm_evals_hf_model(imported_llama, max_length):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    hf_dir, ours = imported_llama
+    requests = [Instance("loglikelihood_rolling", {}, (text,), i)
+                for i, text in enumerate(word_documents())]
+    reference = HFLM(pretrained=str(hf_dir), device="cpu", dtype="float32", batch_size=4,
+                     max_length=max_length)
+    adapter = LlmJaxLM(checkpoint=str(ours), batch_size=4, max_length=max_length)
+    assert adapter.max_length == reference.max_length == (max_length or 128)
+    assert reference.tok_encode("w5 w9")[0] == 1  # the tokenizer adds BOS, scored as text
+    theirs = reference.loglikelihood_rolling(requests)
+    mine = adapter.loglikelihood_rolling(requests)
+    for text, expected, got in zip(word_documents(), theirs, mine):
+        assert got == pytest.approx(expected, abs=1e-3), text[:40]

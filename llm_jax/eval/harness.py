@@ -6,8 +6,11 @@ lm-eval 0.4 finds models only in its own table or among classes registered by mo
 are already imported (it reads no entry points), so the command line goes through
 `python -m llm_jax.eval.lm_eval_main`, which is `lm_eval` with this module imported first.
 
-The three request types reuse our own evaluation code, so a harness task and `llm-jax eval`
-on the same data give the same numbers.
+Multiple choice and generation reuse our own evaluation code, so a harness task and
+`llm-jax eval` on the same data give the same numbers. Rolling log-likelihood is scored as
+lm-eval's own `hf` model scores it (its tokenization, prefix token, max length and windows), so
+perplexities and bits per byte compare with published lm-eval numbers; `llm-jax eval --task
+perplexity` keeps its own sliding window.
 """
 
 from __future__ import annotations
@@ -16,13 +19,27 @@ from typing import Any
 
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
-from lm_eval.models.utils import normalize_gen_kwargs
+from lm_eval.models.utils import has_bos_prefix, normalize_gen_kwargs
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from llm_jax.data.tokenizer import HFTokenizer, Tokenizer
 from llm_jax.eval.encoding import encode_pair, prefix_id
-from llm_jax.eval.loglikelihood import Scorer, total_logprob
+from llm_jax.eval.loglikelihood import Scorer
 from llm_jax.infer.completion import complete
 from llm_jax.infer.loading import load_model
 from llm_jax.infer.sampling import SamplingOptions
+
+
+def document_tokens(tokenizer: Tokenizer, text: str) -> list[int]:
+    """A document's tokens as lm-eval's `hf` model encodes it: with the Hugging Face
+    tokenizer's own special tokens (a Llama tokenizer adds BOS, which lm-eval then scores after
+    its prefix BOS) unless the text starts with the prefix token; a SentencePiece tokenizer as
+    the one `llm-jax export-hf` writes, which adds BOS."""
+    if isinstance(tokenizer, HFTokenizer):
+        hf = tokenizer.tokenizer
+        special = not has_bos_prefix(text, hf.decode(prefix_id(tokenizer)))
+        return list(hf.encode(text, add_special_tokens=special))
+    return tokenizer.encode(text, bos=True)
 
 
 @register_model("llm_jax", "llm-jax")
@@ -49,8 +66,20 @@ class LlmJaxLM(LM):
         return [(score.logprob, score.is_greedy) for score in self.scorer.score(pairs)]
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        documents = [self.tokenizer.encode(request.args[0]) for request in requests]
-        return total_logprob(self.scorer, documents, prefix_id(self.tokenizer), self.max_length)
+        """lm-eval's windows (`HFLM.loglikelihood_rolling`): disjoint, `max_length` tokens each,
+        the first after the prefix token, the last reading as much preceding text as fits."""
+        prefix = prefix_id(self.tokenizer)
+        owners, windows = [], []
+        for index, request in enumerate(requests):
+            tokens = document_tokens(self.tokenizer, request.args[0])
+            for window in get_rolling_token_windows(tokens, prefix, self.max_length,
+                                                    context_len=1):
+                owners.append(index)
+                windows.append(make_disjoint_window(window))
+        totals = [0.0] * len(requests)
+        for owner, score in zip(owners, self.scorer.score(windows)):
+            totals[owner] += score.logprob
+        return totals
 
     def generate_until(self, requests) -> list[str]:
         results: list[str | None] = [None] * len(requests)
