@@ -17,8 +17,9 @@ BATCH_AXES = ("act_batch", "act_length")
 
 @contextlib.contextmanager
 def sharding_context(mesh: Mesh, rules: Rules) -> Iterator[None]:
-    """The mesh and rules that the model's logical sharding constraints resolve against."""
-    with mesh, nn.logical_axis_rules(rules):
+    """The mesh and rules that the model's logical sharding constraints resolve against
+    (flax reads the mesh that `jax.set_mesh` makes current)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
 
 
