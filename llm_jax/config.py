@@ -2,7 +2,7 @@
 
 A run is fully described by its resolved `Config`, which is saved next to its checkpoints.
 Every check that can be made without devices is made here, at load time, with a message that
-says which key to change.
+says which key to change; the range of each numeric key is a row of `config_ranges.py`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from llm_jax.config_ranges import NUMERIC_RANGES
 from llm_jax.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -30,10 +31,20 @@ def _check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
         raise ConfigError(f"{key}={value!r} is not supported; choose one of {list(choices)}")
 
 
-def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{key}={value!r} must be {bound}")
+def _check_numbers(section: Any, prefix: str) -> None:
+    """Checks every int and float field of `section` against its row in NUMERIC_RANGES.
+
+    Called first in each section's `__post_init__`, so that the checks across fields that
+    follow (divisibility, orderings) only ever see values in range.
+    """
+    for field in dataclasses.fields(section):
+        value = getattr(section, field.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        key = f"{prefix}.{field.name}" if prefix else field.name
+        problem = NUMERIC_RANGES[key].problem(key, value)
+        if problem:
+            raise ConfigError(problem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +57,11 @@ class RopeScalingConfig:
     original_max_position_embeddings: int = 8192
 
     def __post_init__(self) -> None:
-        _check_positive("model.rope_scaling.factor", self.factor, allow_zero=True)
+        _check_numbers(self, "model.rope_scaling")
         if self.factor and self.high_freq_factor <= self.low_freq_factor:
             raise ConfigError(
-                "model.rope_scaling.high_freq_factor must be greater than low_freq_factor"
-            )
+                f"model.rope_scaling.high_freq_factor={self.high_freq_factor} must be greater "
+                f"than model.rope_scaling.low_freq_factor={self.low_freq_factor}")
 
 
 ATTENTION_IMPLS = ("xla", "blockwise", "dot_product", "cudnn", "splash")
@@ -87,11 +98,7 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        for key in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
-                    "mlp_dim", "max_seq_len", "scan_unroll"):
-            _check_positive(f"model.{key}", getattr(self, key))
-        _check_positive("model.rope_theta", self.rope_theta)
-        _check_positive("model.norm_eps", self.norm_eps)
+        _check_numbers(self, "model")
         _check_choice("model.norm", self.norm, ("rmsnorm", "layernorm"))
         _check_choice("model.mlp", self.mlp, ("swiglu", "gelu", "relu2"))
         _check_choice("model.position", self.position, ("rope", "learned", "none"))
@@ -134,14 +141,9 @@ class MeshConfig:
     rules: str = ""
 
     def __post_init__(self) -> None:
-        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor, "pipe": self.pipe}
-        if sum(v == -1 for v in sizes.values()) > 1:
+        _check_numbers(self, "mesh")
+        if [self.data, self.fsdp, self.tensor, self.pipe].count(-1) > 1:
             raise ConfigError("at most one of mesh.data/fsdp/tensor/pipe may be -1")
-        for key, value in sizes.items():
-            if value == 0 or value < -1:
-                raise ConfigError(f"mesh.{key}={value} must be a positive size or -1")
-        for key in ("dcn_data", "dcn_fsdp", "dcn_tensor", "dcn_pipe"):
-            _check_positive(f"mesh.{key}", getattr(self, key))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,12 +165,8 @@ class DataConfig:
     tokens_dir: str = ""  # pre-tokenized shards; empty means <run_dir>/tokens
 
     def __post_init__(self) -> None:
-        _check_positive("data.seq_len", self.seq_len)
+        _check_numbers(self, "data")
         _check_choice("data.packing", self.packing, ("pack", "concat"))
-        if not 0 <= self.eval_fraction < 1:
-            raise ConfigError(f"data.eval_fraction={self.eval_fraction} must be in [0, 1)")
-        _check_positive("data.max_doc_chars", self.max_doc_chars, allow_zero=True)
-        _check_positive("data.worker_count", self.worker_count, allow_zero=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,13 +180,7 @@ class TokenizerConfig:
     max_sentence_bytes: int = 4192  # longer lines are cut to this many bytes before training
 
     def __post_init__(self) -> None:
-        _check_positive("tokenizer.vocab_size", self.vocab_size)
-        _check_positive("tokenizer.max_sentences", self.max_sentences)
-        _check_positive("tokenizer.max_sentence_bytes", self.max_sentence_bytes)
-        if not 0 < self.character_coverage <= 1:
-            raise ConfigError(
-                f"tokenizer.character_coverage={self.character_coverage} must be in (0, 1]"
-            )
+        _check_numbers(self, "tokenizer")
 
 
 CURATE_FILTERS = ("gopher_repetition", "gopher_quality", "c4", "fineweb", "toxicity")
@@ -218,16 +210,10 @@ class CurateConfig:
     rejected_samples: int = 20  # rejected documents kept per step for a person to inspect
 
     def __post_init__(self) -> None:
+        _check_numbers(self, "curate")
         for key in ("prose_steps", "code_steps"):
             for name in self.step_names(key.split("_")[0]):
                 _check_choice(f"curate.{key} entry", name, CURATE_FILTERS + CURATE_FORMATTERS)
-        for key in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "tasks"):
-            _check_positive(f"curate.{key}", getattr(self, key))
-        for key in ("max_documents", "workers", "rejected_samples"):
-            _check_positive(f"curate.{key}", getattr(self, key), allow_zero=True)
-        for key in ("toxicity_threshold", "toxicity_max_fraction"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ConfigError(f"curate.{key}={getattr(self, key)} must be in [0, 1]")
 
     def step_names(self, kind: str) -> list[str]:
         """The steps for documents of `kind` ("prose" or "code"), as listed in the config."""
@@ -253,15 +239,8 @@ class OptimizerConfig:
     clip_norm: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_positive("optimizer.lr", self.lr)
-        _check_positive("optimizer.warmup_steps", self.warmup_steps, allow_zero=True)
+        _check_numbers(self, "optimizer")
         _check_choice("optimizer.schedule", self.schedule, ("cosine", "wsd", "constant"))
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"optimizer.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
-        for key in ("b1", "b2"):
-            if not 0 <= getattr(self, key) < 1:
-                raise ConfigError(f"optimizer.{key}={getattr(self, key)} must be in [0, 1)")
-        _check_positive("optimizer.clip_norm", self.clip_norm, allow_zero=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,10 +261,7 @@ class TrainConfig:
     profile_steps: str = ""  # "start:stop" to write a jax.profiler trace
 
     def __post_init__(self) -> None:
-        _check_positive("train.steps", self.steps)
-        _check_positive("train.batch_size", self.batch_size)
-        _check_positive("train.microbatches", self.microbatches)
-        _check_positive("train.loss_chunk", self.loss_chunk, allow_zero=True)
+        _check_numbers(self, "train")
         _check_choice("train.objective", self.objective, ("lm", "sft", "dpo", "reward", "ppo"))
         if self.batch_size % self.microbatches:
             raise ConfigError(
@@ -313,12 +289,8 @@ class PostTrainConfig:
     packing: bool = True  # sft: several examples per row, no attention or loss across them
 
     def __post_init__(self) -> None:
+        _check_numbers(self, "post")
         _check_choice("post.template", self.template, CHAT_TEMPLATES)
-        if not 0 <= self.eval_fraction < 1:
-            raise ConfigError(f"post.eval_fraction={self.eval_fraction} must be in [0, 1)")
-        if not 0 <= self.max_skipped_fraction <= 1:
-            raise ConfigError(
-                f"post.max_skipped_fraction={self.max_skipped_fraction} must be in [0, 1]")
 
 
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
@@ -334,11 +306,9 @@ class DpoConfig:
     reference: str = "model"  # model: frozen copy in the train state | precomputed: one pass
 
     def __post_init__(self) -> None:
-        _check_positive("dpo.beta", self.beta)
+        _check_numbers(self, "dpo")
         _check_choice("dpo.loss", self.loss, DPO_LOSSES)
         _check_choice("dpo.reference", self.reference, ("model", "precomputed"))
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"dpo.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
         if self.label_smoothing and self.loss != "robust":
             raise ConfigError("dpo.label_smoothing only applies to dpo.loss=robust")
 
@@ -350,7 +320,7 @@ class RewardConfig:
     center_coef: float = 0.0  # weight of mean(r)^2 that keeps rewards centered (Eisenstein et al.)
 
     def __post_init__(self) -> None:
-        _check_positive("reward.center_coef", self.center_coef, allow_zero=True)
+        _check_numbers(self, "reward")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,21 +349,10 @@ class PpoConfig:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_numbers(self, "ppo")
         _check_choice("ppo.algorithm", self.algorithm, ("ppo", "grpo"))
-        for key in ("kl_coef", "vf_coef"):
-            _check_positive(f"ppo.{key}", getattr(self, key), allow_zero=True)
-        for key in ("gamma", "gae_lambda"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ConfigError(f"ppo.{key}={getattr(self, key)} must be in [0, 1]")
-        for key in ("clip_range", "value_clip_range", "temperature"):
-            _check_positive(f"ppo.{key}", getattr(self, key))
-        for key in ("epochs", "minibatches", "max_new_tokens"):
-            _check_positive(f"ppo.{key}", getattr(self, key))
         if self.algorithm == "grpo" and self.group_size < 2:
             raise ConfigError(f"ppo.group_size={self.group_size} must be at least 2 for grpo")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"ppo.top_p={self.top_p} must be in (0, 1]")
-        _check_positive("ppo.top_k", self.top_k, allow_zero=True)
 
     @property
     def updates_per_rollout(self) -> int:
@@ -406,11 +365,17 @@ class CheckpointConfig:
     keep: int = 3
     async_save: bool = True
 
+    def __post_init__(self) -> None:
+        _check_numbers(self, "checkpoint")
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    every: int = 200
-    steps: int = 10
+    every: int = 200  # 0: only at the end of the run
+    steps: int = 10  # 0: the whole held-out pass
+
+    def __post_init__(self) -> None:
+        _check_numbers(self, "eval")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -434,6 +399,7 @@ class Config:
     ppo: PpoConfig = PpoConfig()
 
     def __post_init__(self) -> None:
+        _check_numbers(self, "")
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="
