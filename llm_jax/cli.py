@@ -94,7 +94,8 @@ def _curate(args: argparse.Namespace) -> None:
     from llm_jax.config import load_config
     from llm_jax.data.curate import curate, format_report
 
-    report = curate(load_config(args.config, args.overrides), progress=not args.no_progress)
+    report = curate(load_config(args.config, args.overrides), progress=not args.no_progress,
+                    force=args.force)
     print(format_report(report))
     print(f"{report['documents_out']:,} of {report['documents_in']:,} documents kept in "
           f"{report['seconds']} s -> {report['corpus']} (report.json, rejected/)")
@@ -180,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("curate", help="filter, deduplicate and scrub data.source into a corpus")
     _add_config_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="replace data.curated_dir even if it holds other files or a corpus "
+                   "curated with other settings")
     p.set_defaults(handler=_curate)
 
     p = commands.add_parser("tokenizer", help="train the SentencePiece BPE tokenizer on the corpus")

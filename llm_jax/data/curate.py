@@ -19,18 +19,17 @@ Layout of the output directory (`data.curated_dir`, default `<run_dir>/curated`)
     _work/                                      intermediate files, logs, per-task completions
 
 Every stage is split into `curate.tasks` tasks; a task that finished is skipped when the run is
-started again, so an interrupted run resumes. A run with different settings into the same
-directory starts over (the settings' fingerprint is kept in `_work/settings.json`).
+started again, so an interrupted run resumes. The settings are recorded in `_work/settings.json`
+when curate takes the directory; a directory with other settings, or one curate did not make,
+is never deleted unless `force` (`llm-jax curate --force`) asks to replace it (`curate_output.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
-import shutil
 import sys
 import threading
 import time
@@ -53,6 +52,7 @@ from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
 from llm_jax.config import CURATE_FILTERS, CURATE_FORMATTERS, Config
 from llm_jax.data import corpus
 from llm_jax.data.corpus import curated_dir
+from llm_jax.data.curate_output import WORK, prepare_output
 from llm_jax.data.curate_steps import (
     CorpusWriter,
     KindFilter,
@@ -75,7 +75,6 @@ from llm_jax.data.filters import make_filter, steps_by_kind
 from llm_jax.data.sources import ReadProblems, open_source
 from llm_jax.errors import UserError
 
-WORK = "_work"
 SETTINGS_VERSION = 1
 
 
@@ -196,22 +195,6 @@ def _settings(config: Config) -> dict[str, Any]:
             "tfds_data_dir": d.tfds_data_dir, "curate": curate}
 
 
-def _prepare_directory(out: Path, settings: dict[str, Any]) -> bool:
-    """Keeps a previous run's finished tasks when its settings match; returns True if it did."""
-    marker = out / WORK / "settings.json"
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
-        return True
-    if out.exists():
-        if any(out.iterdir()) and not (out / WORK).is_dir():
-            raise UserError(f"{out} exists and is not a curated corpus; choose another data.curated_dir")
-        print(f"curate: settings differ from the previous run in {out}; starting over", file=sys.stderr)
-        shutil.rmtree(out)
-    marker.parent.mkdir(parents=True)
-    marker.write_text(json.dumps({"fingerprint": fingerprint, "settings": settings}, indent=2))
-    return False
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """datatrove's task logs and inner progress bars go to its log files, not the console.
@@ -304,16 +287,18 @@ def _stage_documents(plan: _Plan, index: int) -> int:
     return int(stats[last].get("documents", 0)) if len(stats) > last else 0
 
 
-def curate(config: Config, progress: bool = True) -> dict[str, Any]:
+def curate(config: Config, progress: bool = True, force: bool = False) -> dict[str, Any]:
     """Runs (or resumes) curation for `config`; returns the report also saved as report.json.
 
-    Raises UserError when the source holds nothing usable or the filters leave nothing; the
-    report is still written (with "complete": false) so that a person can see which step did it.
+    The output directory is resumed when an earlier run with the same settings made it; one
+    that holds anything else raises UserError unless `force` replaces it. Raises UserError
+    when the source holds nothing usable or the filters leave nothing; the report is still
+    written (with "complete": false) so that a person can see which step did it.
     """
     started = time.time()
     out = curated_dir(config)
     source = open_source(config.data)
-    resumed = _prepare_directory(out, _settings(config))
+    resumed = prepare_output(out, _settings(config), force)
     plan = build_plan(config, out, source)
     empty_at: str | None = None
     with _Progress(plan.stages, progress, sys.stderr) as bar, _quiet():
