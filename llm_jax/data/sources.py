@@ -3,9 +3,10 @@
 `data.source` is one of:
 
     stdlib                the Python standard library's .py files and documentation (offline default)
-    tfds:NAME             a TFDS dataset by name (e.g. `tfds:c4/en`, `tfds:tiny_shakespeare`) read
-                          through `tfds.data_source` (ArrayRecord), split `data.tfds_split`; a path
-                          after `tfds:` opens a prepared dataset directory instead
+    tfds:NAME             a prepared TFDS dataset by name (e.g. `tfds:c4/en`, `tfds:tiny_shakespeare`)
+                          read through `tfds.data_source` (ArrayRecord), split `data.tfds_split`,
+                          never downloaded (see `readers.open_tfds`); a path after `tfds:` opens a
+                          prepared dataset directory instead
     jsonl:PATH_OR_GLOB    JSON Lines, optionally gzipped, text under `data.text_field`
     PATH, GLOB or DIR     text files; names ending in .jsonl, .jsonl.gz or .json.gz are read as JSONL
 
@@ -14,10 +15,11 @@ are joined with a blank line. Text files longer than `data.max_doc_chars` are cu
 into several documents, so one large file (a book, a corpus dump) still gives documents of a size
 that quality filters and packing expect.
 
-Bad input never stops a read: undecodable bytes, malformed JSON lines, records without the text
-field and corrupt gzip streams are counted in a `ReadProblems` tally with a few examples, and the
-caller decides whether anything usable remains. What can be checked before reading (missing files,
-an empty glob, an unprepared TFDS dataset) raises `UserError` from `open_source`.
+Bad input never stops a read (`llm_jax.data.readers` has the policy): undecodable bytes, lines
+that are not JSON objects, records without the text field and damaged gzip streams are counted in
+a `ReadProblems` tally with `file:line` examples, and the caller decides whether anything usable
+remains. What can be checked before reading (missing files, an empty glob, an unprepared TFDS
+dataset) raises `UserError` from `open_source`.
 """
 
 from __future__ import annotations
@@ -25,26 +27,34 @@ from __future__ import annotations
 import abc
 import dataclasses
 import glob
-import gzip
 import itertools
-import json
 import random
 import re
-import zlib
-from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from llm_jax.data import stdlib_corpus
+from llm_jax.data.readers import (
+    ReadProblems,
+    Record,
+    bad_byte_line,
+    joined_text,
+    open_tfds,
+    parse_each,
+    read_jsonl,
+    read_text,
+    tfds_texts,
+)
 from llm_jax.errors import UserError
+
+__all__ = ["FileSource", "RawDocument", "ReadProblems", "Source", "StdlibSource", "TfdsSource",
+           "open_source", "split_text"]
 
 CODE_SUFFIXES = frozenset(
     ".py .pyi .c .h .cc .cpp .hpp .java .js .ts .go .rs .rb .sh .jl .scala .kt .swift .lua .pl "
     ".sql .cs .php".split()
 )
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
-_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes kept by errors="surrogateescape"
-_MAX_EXAMPLES = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,31 +64,6 @@ class RawDocument:
     id: str
     text: str
     kind: str
-
-
-class ReadProblems:
-    """Counts of input that could not be used, and a few examples a person can look up."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self.examples: list[str] = []
-
-    def add(self, problem: str, where: str) -> None:
-        self.counts[problem] += 1
-        if len(self.examples) < _MAX_EXAMPLES:
-            self.examples.append(f"{problem}: {where}")
-
-    def update(self, other: dict[str, Any]) -> None:
-        """Adds a tally saved by `to_dict` (one per parallel reader)."""
-        self.counts.update(other.get("counts", {}))
-        room = _MAX_EXAMPLES - len(self.examples)
-        self.examples.extend(other.get("examples", [])[:room])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"counts": dict(sorted(self.counts.items())), "examples": list(self.examples)}
-
-    def summary(self) -> str:
-        return ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in sorted(self.counts.items()))
 
 
 def split_text(text: str, max_chars: int) -> list[str]:
@@ -107,25 +92,8 @@ def split_text(text: str, max_chars: int) -> list[str]:
     return chunks
 
 
-def _decode(raw: bytes) -> tuple[str, int]:
-    """UTF-8 text, with undecodable bytes kept as surrogates; also the offset of the first bad byte."""
-    try:
-        return raw.decode("utf-8"), -1
-    except UnicodeDecodeError as err:
-        return raw.decode("utf-8", errors="surrogateescape"), err.start
-
-
 def _kind_of(path: str) -> str:
     return "code" if Path(path).suffix.lower() in CODE_SUFFIXES else "prose"
-
-
-def _join_fields(record: Any, fields: list[str]) -> str | None:
-    if not isinstance(record, dict):
-        return None
-    values = [record.get(name) for name in fields]
-    if any(not isinstance(v, str) for v in values):
-        return None
-    return "\n\n".join(values)
 
 
 class Source(abc.ABC):
@@ -195,49 +163,29 @@ class FileSource(Source):
         return self._read_text(unit, problems)
 
     def _read_text(self, path: str, problems: ReadProblems) -> Iterator[RawDocument]:
-        try:
-            raw = gzip.decompress(Path(path).read_bytes()) if path.endswith(".gz") else Path(path).read_bytes()
-        except (OSError, EOFError, zlib.error) as err:
-            problems.add("unreadable_file", f"{path} ({err})")
-            return
-        text, bad_at = _decode(raw)
-        yield from _text_documents(path, text.removeprefix("\ufeff"), bad_at, _kind_of(path.removesuffix(".gz")),
-                                   self.max_doc_chars, problems)
+        text = read_text(path, problems)
+        if text is not None:
+            yield from _text_documents(path, path, text, _kind_of(path.removesuffix(".gz")),
+                                       self.max_doc_chars, problems)
 
     def _read_jsonl(self, path: str, problems: ReadProblems) -> Iterator[RawDocument]:
-        opener = gzip.open if path.endswith(".gz") else open
-        line_no = 0
-        try:
-            with opener(path, "rb") as handle:
-                for line_no, raw in enumerate(handle, start=1):
-                    if not raw.strip():
-                        continue
-                    text, bad_at = _decode(raw)
-                    if bad_at >= 0:
-                        problems.add("invalid_utf8", f"{path}:{line_no} (byte {bad_at} of the line)")
-                        continue
-                    try:
-                        record = json.loads(text)
-                    except json.JSONDecodeError as err:
-                        problems.add("malformed_json", f"{path}:{line_no} ({err.msg})")
-                        continue
-                    value = _join_fields(record, self.text_fields)
-                    if value is None:
-                        keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-                        problems.add("missing_text_field",
-                                     f"{path}:{line_no} has no string field "
-                                     f"{'+'.join(self.text_fields)!r} (found: {keys})")
-                        continue
-                    yield RawDocument(f"{path}:{line_no}", value, "prose")
-        except (OSError, EOFError, zlib.error) as err:
-            problems.add("corrupt_file", f"{path} after line {line_no} ({err})")
+        def document(record: Record) -> RawDocument:
+            return RawDocument(record.where, joined_text(record.value, self.text_fields), "prose")
+
+        return parse_each(read_jsonl(path, problems), document, problems)
 
 
-def _text_documents(name: str, text: str, bad_at: int, kind: str, max_doc_chars: int,
+def _text_documents(name: str, path: str, text: str, kind: str, max_doc_chars: int,
                     problems: ReadProblems) -> Iterator[RawDocument]:
+    """The parts of a text file as documents `name:i`; a part with bytes that are not UTF-8
+    is counted as `path:line` of the first one."""
+    offset = 0
     for i, chunk in enumerate(split_text(text, max_doc_chars)):
-        if _UNDECODED.search(chunk):
-            problems.add("invalid_utf8", f"{name} part {i} (first bad byte at offset {bad_at})")
+        start, offset = offset, offset + len(chunk)
+        problems.read += 1
+        line = bad_byte_line(text, start, offset)
+        if line is not None:
+            problems.add("invalid_utf8", f"{path}:{line}", f"part {i} of the file")
             continue
         chunk = chunk.strip("\n")
         if chunk.strip():
@@ -266,23 +214,21 @@ class StdlibSource(Source):
                 yield RawDocument(f"stdlib:topics/{topic}", text, "prose")
             return
         relative = str(Path(unit).relative_to(self.root))
-        try:
-            raw = Path(unit).read_bytes()
-        except OSError as err:
-            problems.add("unreadable_file", f"{unit} ({err})")
+        text = read_text(unit, problems)
+        if text is None:
             return
-        text, bad_at = _decode(raw)
         name = f"stdlib:{relative}"
-        yield from _text_documents(name, text, bad_at, "code", self.max_doc_chars, problems)
-        if bad_at < 0:
+        yield from _text_documents(name, unit, text, "code", self.max_doc_chars, problems)
+        if bad_byte_line(text) is None:
             module = relative.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
             docs = stdlib_corpus.module_docstrings(text, module)
-            yield from _text_documents(f"{name}#docstrings", docs, -1, "prose", self.max_doc_chars,
-                                       problems)
+            yield from _text_documents(f"{name}#docstrings", unit, docs, "prose",
+                                       self.max_doc_chars, problems)
 
 
 class TfdsSource(Source):
-    """A TFDS dataset read by index through `tfds.data_source` (random access over ArrayRecord)."""
+    """A prepared TFDS dataset read by index through `tfds.data_source` (random access over
+    ArrayRecord); opened by `readers.open_tfds`, which never downloads."""
 
     def __init__(self, name: str, split: str, data_dir: str, text_fields: list[str]) -> None:
         self.spec = f"tfds:{name}"
@@ -291,53 +237,29 @@ class TfdsSource(Source):
         self.data_dir = data_dir
         self.text_fields = text_fields
 
-    def open(self, download: bool = False) -> Any:
-        import tensorflow_datasets as tfds
-
-        try:
-            if Path(self.name).is_dir():
-                return tfds.builder_from_directory(self.name).as_data_source(split=self.split)
-            return tfds.data_source(self.name, split=self.split, data_dir=self.data_dir or None,
-                                    download=download)
-        except Exception as err:  # tfds raises many types for "not there"; all are the user's to fix
-            raise UserError(
-                f"cannot open TFDS dataset '{self.name}' split '{self.split}': {err}\n"
-                "Prepare it in ArrayRecord format on a machine with network access "
-                f"(tfds build {self.name} --file_format=array_record) and point data.tfds_data_dir "
-                "at its data_dir, or give tfds:<path to a prepared dataset directory>."
-            ) from None
+    def open(self) -> Any:
+        return open_tfds(self.name, self.split, self.data_dir, "data.tfds_data_dir")
 
     def units(self) -> list[Any]:
         return [None]
 
     def read_unit(self, unit: Any, problems: ReadProblems) -> Iterator[RawDocument]:
-        return self._read_indices(range(len(self.open())), problems)
+        source = self.open()
+        return self._read_indices(source, range(len(source)), problems)
 
     def read(self, rank: int = 0, world_size: int = 1, problems: ReadProblems | None = None,
              max_documents: int = 0) -> Iterator[RawDocument]:
         problems = problems if problems is not None else ReadProblems()
-        size = len(self.open())
-        if max_documents:
-            size = min(size, max_documents)
-        return self._read_indices(range(rank, size, world_size), problems)
-
-    def _read_indices(self, indices: Iterable[int], problems: ReadProblems) -> Iterator[RawDocument]:
         source = self.open()
-        for index in indices:
-            record = source[index]
-            values = {}
-            for name in self.text_fields:
-                value = record.get(name) if isinstance(record, dict) else None
-                if isinstance(value, (bytes, bytearray)):
-                    text, bad_at = _decode(bytes(value))
-                    value = None if bad_at >= 0 else text
-                values[name] = value
-            text = _join_fields(values, self.text_fields)
-            if text is None:
-                problems.add("missing_text_field", f"{self.spec}[{self.split}][{index}]")
-                continue
+        size = min(len(source), max_documents) if max_documents else len(source)
+        return self._read_indices(source, range(rank, size, world_size), problems)
+
+    def _read_indices(self, source: Any, indices: Iterable[int],
+                      problems: ReadProblems) -> Iterator[RawDocument]:
+        for where, text in tfds_texts(source, self.name, self.split, indices, self.text_fields,
+                                      problems):
             if text.strip():
-                yield RawDocument(f"{self.spec}:{self.split}:{index}", text, "prose")
+                yield RawDocument(where, text, "prose")
 
 
 def _expand(pattern: str) -> list[str]:
@@ -374,7 +296,7 @@ def open_source(data: Any) -> Source:
         return StdlibSource(data.max_doc_chars)
     if spec.startswith("tfds:"):
         source = TfdsSource(spec[len("tfds:"):], data.tfds_split, data.tfds_data_dir, fields)
-        source.open(download=True)
+        source.open()
         return source
     if spec.startswith("jsonl:"):
         pattern = spec[len("jsonl:"):]

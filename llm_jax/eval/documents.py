@@ -2,72 +2,77 @@
 
 - a path or glob of text files: each file is one document (long ones are scored in windows);
 - `jsonl:PATH` or a `.jsonl` / `.jsonl.gz` path: one document per line, from its text field;
-- `tfds:NAME` or `tfds:NAME:SPLIT` (default split `test`): read with `tfds.data_source`, which
-  needs the data set prepared in TFDS's data directory beforehand (nothing is downloaded).
+- `tfds:NAME` or `tfds:NAME:SPLIT` (default split `test`): a TFDS data set prepared beforehand
+  (`readers.open_tfds`: nothing is downloaded).
+
+Input is read under `llm_jax.data.readers`' policy: a text file that is not UTF-8, a JSONL line
+that is not a JSON object with the text field, a damaged gzip stream are skipped and counted, and
+a source with nothing usable is an error that names it.
 """
 
 from __future__ import annotations
 
 import glob
-import gzip
-import json
-from pathlib import Path
 from typing import Iterator
 
+from llm_jax.data.readers import (
+    ReadProblems,
+    bad_byte_line,
+    collect,
+    joined_text,
+    open_tfds,
+    parse_each,
+    read_jsonl,
+    read_text,
+    tfds_texts,
+)
 from llm_jax.errors import UserError
 
-
-def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if field not in record:
-                raise UserError(f"{path}:{line_no} has no field '{field}' "
-                                f"(fields: {', '.join(record)}); set --text-field")
-            yield record[field]
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 
 
-def _tfds_texts(spec: str, field: str, data_dir: str | None) -> Iterator[str]:
-    import tensorflow_datasets as tfds
+def _text_document(path: str, problems: ReadProblems) -> str | None:
+    """A whole text file, or None (counted) when it cannot be read or is not all UTF-8."""
+    text = read_text(path, problems)
+    if text is None:
+        return None
+    problems.read += 1
+    line = bad_byte_line(text)
+    if line is not None:
+        problems.add("invalid_utf8", f"{path}:{line}", "a document must be UTF-8 throughout")
+        return None
+    return text
 
-    name, _, split = spec.partition(":")
-    try:
-        source = tfds.data_source(name, split=split or "test", data_dir=data_dir,
-                                  download=False)
-    except Exception as err:  # TFDS raises several types for a missing or unprepared set
-        raise UserError(f"cannot open TFDS data set '{name}' split '{split or 'test'}': {err}. "
-                        "Prepare it first (tfds build) or pass --tfds-data-dir") from None
-    for record in source:
-        value = record[field]
-        yield value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+def _file_documents(paths: list[str], jsonl: bool, field: str,
+                    problems: ReadProblems) -> Iterator[str]:
+    for path in paths:
+        if jsonl or path.endswith(JSONL_SUFFIXES):
+            yield from parse_each(read_jsonl(path, problems),
+                                  lambda record: joined_text(record.value, [field]), problems)
+        else:
+            text = _text_document(path, problems)
+            if text is not None:
+                yield text
 
 
 def read_documents(spec: str, text_field: str = "text", tfds_data_dir: str | None = None,
-                   limit: int | None = None) -> list[str]:
-    """The documents named by `spec`, at most `limit` of them."""
+                   limit: int | None = None, problems: ReadProblems | None = None) -> list[str]:
+    """The documents named by `spec`, at most `limit` of them; what was skipped is added to
+    `problems`, and a `UserError` names `spec` when nothing usable is left."""
     if spec.startswith("tfds:"):
-        texts: Iterator[str] = _tfds_texts(spec[len("tfds:"):], text_field, tfds_data_dir)
-    else:
-        pattern = spec[len("jsonl:"):] if spec.startswith("jsonl:") else spec
-        paths = sorted(Path(p) for p in glob.glob(pattern))
-        if not paths:
-            raise UserError(f"no file matches {pattern}")
-        is_jsonl = spec.startswith("jsonl:")
+        name, _, split = spec[len("tfds:"):].partition(":")
+        split = split or "test"
+        source = open_tfds(name, split, tfds_data_dir, "--tfds-data-dir")
 
-        def generate() -> Iterator[str]:
-            for path in paths:
-                if is_jsonl or path.name.endswith((".jsonl", ".jsonl.gz")):
-                    yield from _jsonl_texts(path, text_field)
-                else:
-                    yield path.read_text(encoding="utf-8")
+        def texts(tally: ReadProblems) -> Iterator[str]:
+            for _, text in tfds_texts(source, name, split, range(len(source)), [text_field], tally):
+                yield text
 
-        texts = generate()
-    documents = []
-    for text in texts:
-        if limit is not None and len(documents) >= limit:
-            break
-        documents.append(text)
-    return documents
+        return collect(spec, texts, limit, problems)
+    pattern = spec[len("jsonl:"):] if spec.startswith("jsonl:") else spec
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise UserError(f"no file matches {pattern}")
+    return collect(spec, lambda tally: _file_documents(paths, spec.startswith("jsonl:"), text_field,
+                                                       tally), limit, problems)

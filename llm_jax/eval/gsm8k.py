@@ -9,11 +9,11 @@ period.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 from llm_jax.data.gsm8k_answers import flexible_answer, strict_answer
+from llm_jax.data.readers import ReadProblems, Record, load_jsonl, text_field
 from llm_jax.data.tokenizer import Tokenizer
 from llm_jax.errors import UserError
 from llm_jax.infer.completion import complete
@@ -23,21 +23,16 @@ from llm_jax.infer.sampling import SamplingOptions
 STOP = ("Question:", "</s>", "<|im_end|>")
 
 
-def load_problems(path: str | Path, limit: int | None = None) -> list[dict[str, str]]:
-    """JSONL lines {"question": str, "answer": str ending in "#### <number>"}."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"GSM8K data {path} does not exist")
-    problems = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if "question" not in record or "answer" not in record:
-                raise UserError(f"{path}: GSM8K lines need 'question' and 'answer' fields")
-            problems.append(record)
-            if limit is not None and len(problems) >= limit:
-                break
-    return problems
+def _problem(record: Record) -> dict[str, str]:
+    return {"question": text_field(record.value, "question"),
+            "answer": text_field(record.value, "answer")}
+
+
+def load_problems(path: str | Path, limit: int | None = None,
+                  problems: ReadProblems | None = None) -> list[dict[str, str]]:
+    """JSONL lines {"question": str, "answer": str ending in "#### <number>"}; lines without
+    both are skipped and added to `problems` (`llm_jax.data.readers`' policy)."""
+    return load_jsonl(path, _problem, "GSM8K data", limit, problems)
 
 
 def prompt(question: str, fewshot: Sequence[dict[str, str]] = ()) -> str:

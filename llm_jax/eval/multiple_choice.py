@@ -11,13 +11,13 @@ for having more tokens.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from llm_jax.data.readers import ReadProblems, Record, RecordError, load_jsonl
 from llm_jax.data.tokenizer import Tokenizer
 from llm_jax.errors import UserError
 from llm_jax.eval.encoding import encode_pair
@@ -34,32 +34,31 @@ class ChoiceExample:
     gold: int
 
 
-def _field(record: dict, names: Sequence[str], where: str):
+def _field(value: dict[str, Any], names: Sequence[str]) -> Any:
     for name in names:
-        if name in record:
-            return record[name]
-    raise UserError(f"{where} has none of the fields {', '.join(names)}")
+        if name in value:
+            return value[name]
+    raise RecordError("missing_fields", f"none of the fields {', '.join(names)}")
 
 
-def load_choice_examples(path: str | Path, limit: int | None = None) -> list[ChoiceExample]:
-    """JSONL lines {"query": str, "choices": [str, ...], "gold": int}."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"multiple-choice data {path} does not exist")
-    examples = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        record, where = json.loads(line), f"{path}:{line_no}"
-        choices = _field(record, ("choices",), where)
-        gold = int(_field(record, GOLD_FIELDS, where))
-        if not 0 <= gold < len(choices):
-            raise UserError(f"{where}: gold index {gold} is not one of the {len(choices)} choices")
-        examples.append(ChoiceExample(str(_field(record, CONTEXT_FIELDS, where)),
-                                      [str(c) for c in choices], gold))
-        if limit is not None and len(examples) >= limit:
-            break
-    return examples
+def _example(record: Record) -> ChoiceExample:
+    choices = _field(record.value, ("choices",))
+    if not isinstance(choices, list) or not choices:
+        raise RecordError("missing_fields", "'choices' is not a list of choices")
+    gold = _field(record.value, GOLD_FIELDS)
+    if isinstance(gold, bool) or not isinstance(gold, (int, str)) or not str(gold).isdigit():
+        raise RecordError("bad_gold", f"gold {gold!r} is not a choice's index")
+    if int(gold) >= len(choices):
+        raise RecordError("bad_gold", f"gold index {gold} is not one of the {len(choices)} choices")
+    return ChoiceExample(str(_field(record.value, CONTEXT_FIELDS)), [str(c) for c in choices],
+                         int(gold))
+
+
+def load_choice_examples(path: str | Path, limit: int | None = None,
+                         problems: ReadProblems | None = None) -> list[ChoiceExample]:
+    """JSONL lines {"query": str, "choices": [str, ...], "gold": int}; unusable lines are
+    skipped and added to `problems` (`llm_jax.data.readers`' policy)."""
+    return load_jsonl(path, _example, "multiple-choice data", limit, problems)
 
 
 def _mean_and_stderr(values: list[float]) -> tuple[float, float]:

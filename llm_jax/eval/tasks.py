@@ -1,10 +1,16 @@
-"""The tasks `llm-jax eval` knows by name, each a function of a loaded model and options."""
+"""The tasks `llm-jax eval` knows by name, each a function of a loaded model and options.
+
+Each task reads its data under `llm_jax.data.readers`' policy and prints (to stderr, as stdout
+holds the results) one line saying what it skipped, if anything.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+import sys
+from typing import Callable, TypeVar
 
+from llm_jax.data.readers import ReadProblems
 from llm_jax.errors import UserError
 from llm_jax.eval import gsm8k
 from llm_jax.eval.documents import read_documents
@@ -12,6 +18,8 @@ from llm_jax.eval.loglikelihood import Scorer
 from llm_jax.eval.multiple_choice import evaluate_multiple_choice, load_choice_examples
 from llm_jax.eval.perplexity import evaluate_perplexity
 from llm_jax.infer.loading import LoadedModel
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,30 +46,40 @@ def _scorer(model: LoadedModel, options: EvalOptions) -> Scorer:
     return Scorer(model.config.model, model.params, batch_size=options.batch_size)
 
 
+def _read(what: str, specs: tuple[str, ...],
+          load: Callable[[str, ReadProblems], list[T]]) -> list[T]:
+    """`load(spec, problems)` of every spec, then one line on stderr about what was skipped."""
+    problems = ReadProblems()
+    items = [item for spec in specs for item in load(spec, problems)]
+    if problems.skipped:
+        print(f"{what}: {problems.describe()}", file=sys.stderr)
+    return items
+
+
 def run_perplexity(model: LoadedModel, options: EvalOptions) -> dict[str, float]:
-    documents = [doc for spec in _require_data("perplexity", options)
-                 for doc in read_documents(spec, options.text_field, options.tfds_data_dir,
-                                           options.limit)]
-    if not documents:
-        raise UserError("the --data sources hold no documents")
+    documents = _read("perplexity data", _require_data("perplexity", options),
+                      lambda spec, problems: read_documents(
+                          spec, options.text_field, options.tfds_data_dir, options.limit, problems))
     return evaluate_perplexity(_scorer(model, options), model.tokenizer, documents,
                                options.window, options.stride)
 
 
 def run_multiple_choice(model: LoadedModel, options: EvalOptions) -> dict[str, float]:
-    examples = [ex for path in _require_data("multiple_choice", options)
-                for ex in load_choice_examples(path, options.limit)]
+    examples = _read("multiple_choice data", _require_data("multiple_choice", options),
+                     lambda path, problems: load_choice_examples(path, options.limit, problems))
     return evaluate_multiple_choice(_scorer(model, options), model.tokenizer, examples)
 
 
 def run_gsm8k(model: LoadedModel, options: EvalOptions) -> dict[str, float]:
-    problems = [p for path in _require_data("gsm8k", options)
-                for p in gsm8k.load_problems(path, options.limit)]
+    problems = _read("gsm8k data", _require_data("gsm8k", options),
+                     lambda path, skipped: gsm8k.load_problems(path, options.limit, skipped))
     fewshot = []
     if options.num_fewshot:
         if not options.fewshot_data:
             raise UserError("--num-fewshot needs --fewshot-data (e.g. GSM8K's train split)")
-        fewshot = gsm8k.load_problems(options.fewshot_data, options.num_fewshot)
+        fewshot = _read("gsm8k few-shot data", (options.fewshot_data,),
+                        lambda path, skipped: gsm8k.load_problems(path, options.num_fewshot,
+                                                                  skipped))
     return gsm8k.evaluate_gsm8k(model.generator(), model.tokenizer, problems, fewshot,
                                 options.max_new_tokens, options.batch_size)
 
