@@ -15,7 +15,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.sharding import PartitionSpec
 
 from llm_jax.config import Config, ConfigError

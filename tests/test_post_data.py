@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from post_training_factory import MODEL, train_chat_tokenizer, write_jsonl
 
 from llm_jax.config import load_config
 from llm_jax.data.instructions import conversations
@@ -14,8 +15,9 @@ from llm_jax.data.preference import hh_turns, preference_pair, split_hh_dialogue
 from llm_jax.data.records import RecordError
 from llm_jax.errors import UserError
 from llm_jax.model import Transformer, init_params
-from llm_jax.train.post_data import PreferenceData, PromptData, SftData
-from post_training_factory import MODEL, train_chat_tokenizer, write_jsonl
+from llm_jax.train.preference_data import PreferenceData
+from llm_jax.train.prompt_data import PromptData
+from llm_jax.train.sft_data import SftData
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +70,10 @@ def test_bad_sft_records_are_counted_and_reported(tmp_path, tokenizer_path):
     assert len(data.examples) == 16
     report = json.loads((tmp_path / "run" / "post_data.json").read_text())
     assert report["skipped"] == {"missing_fields": 1, "empty_completion": 1,
-                                 "prompt_too_long": 1, "invalid_json": 1}
+                                 "prompt_too_long": 1, "malformed_json": 1}
     assert report["records"] == 20 and report["examples"] == 16
     # with the default threshold this much bad data stops the run, naming the reasons
-    with pytest.raises(UserError, match="unusable.*prompt_too_long"):
+    with pytest.raises(UserError, match="unusable.*prompt too long"):
         SftData(config_for(tmp_path, tokenizer_path, "sft", path))
 
 

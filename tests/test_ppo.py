@@ -8,8 +8,8 @@ import pytest
 
 from llm_jax.data.post_pipeline import prompt_index_batches
 from llm_jax.train.advantages import gae, group_advantages, kl_rewards, whiten
-from llm_jax.train.post_data import RolloutSchedule
 from llm_jax.train.ppo import clipped_policy_loss, clipped_value_loss
+from llm_jax.train.rollout_schedule import RolloutSchedule
 
 
 def rollout(seed=0, rows=6, length=16):

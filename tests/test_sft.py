@@ -11,7 +11,7 @@ from llm_jax.config import load_config
 from llm_jax.model import init_params
 from llm_jax.train.forward import make_forward
 from llm_jax.train.objectives import make_objective
-from llm_jax.train.post_data import SftData
+from llm_jax.train.sft_data import SftData
 
 
 @pytest.fixture(scope="module")

@@ -69,9 +69,7 @@ def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, *, interpret: bool 
     Under a device mesh, call it inside `shard_map` with batch and heads split (see
     `llm_jax.model.attention.Attention`), since a Pallas call is not auto-partitioned.
     """
-    from jax.experimental.pallas.ops.tpu.splash_attention import (
-        splash_attention_kernel as splash,
-    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
     _, seq_len, heads, head_dim = q.shape

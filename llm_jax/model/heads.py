@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from llm_jax.config import Config, ModelConfig
-from llm_jax.model.layers import dense, param_with_axes
+from llm_jax.model.layers import param_with_axes
 from llm_jax.model.params import init_boxed_params
 
 SCORE_HEAD, VALUE_HEAD = "score_head", "value_head"
@@ -67,22 +67,11 @@ def apply_head(config: ModelConfig, head_params: dict, hidden: jnp.ndarray) -> j
     return ScalarHead(config).apply({"params": head_params}, hidden)
 
 
-def output_kernel(config: ModelConfig, params: dict, dtype: jnp.dtype) -> jnp.ndarray:
-    """The output projection [d_model, vocab]: the embedding table when they are tied."""
-    if config.tie_embeddings:
-        return params["embed"]["embedding"].astype(dtype).T
-    return params["lm_head"].astype(dtype)
-
-
-def lm_logits(config: ModelConfig, params: dict, hidden: jnp.ndarray) -> jnp.ndarray:
-    """The output projection of `Transformer` applied to its final hidden states (fp32), so
-    that one forward pass gives both the logits and what a head reads."""
-    logits = dense(hidden, output_kernel(config, params, hidden.dtype))
-    logits = nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
-    return logits.astype(jnp.float32)
+def last_token_index(segment_ids: jnp.ndarray) -> jnp.ndarray:
+    """[B]: the position of each right-padded row's last real token (segment id > 0)."""
+    return jnp.maximum(jnp.sum(segment_ids > 0, axis=1) - 1, 0)
 
 
 def last_token_values(values: jnp.ndarray, segment_ids: jnp.ndarray) -> jnp.ndarray:
-    """values [B, T] at each row's last real token (right-padded rows, segment id > 0)."""
-    last = jnp.maximum(jnp.sum(segment_ids > 0, axis=1) - 1, 0)
-    return jnp.take_along_axis(values, last[:, None], axis=1)[:, 0]
+    """values [B, T] at each row's last real token."""
+    return jnp.take_along_axis(values, last_token_index(segment_ids)[:, None], axis=1)[:, 0]

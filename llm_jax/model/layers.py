@@ -130,7 +130,3 @@ class Embed(nn.Module):
 
     def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
         return jnp.take(self.embedding, tokens, axis=0).astype(jnp.dtype(self.config.dtype))
-
-    def attend(self, x: jnp.ndarray) -> jnp.ndarray:
-        """Logits against the embedding table (tied output projection)."""
-        return dense(x, self.embedding.astype(x.dtype).T)

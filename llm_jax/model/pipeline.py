@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llm_jax.model.microbatches import merge_microbatches, split_microbatches
+
 StageFn = Callable[[Any, jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 STAGE_AXES = ("pipe_stage", "act_batch", "act_length", "act_embed")
@@ -28,22 +30,13 @@ def bubble_fraction(stages: int, microbatches: int) -> float:
     return (stages - 1) / (microbatches + stages - 1)
 
 
-def _to_microbatches(x: jnp.ndarray, count: int) -> jnp.ndarray:
-    """[B, ...] -> [count, B / count, ...] taking every `count`-th row (keeps data sharding)."""
-    return x.reshape(x.shape[0] // count, count, *x.shape[1:]).swapaxes(0, 1)
-
-
-def _from_microbatches(x: jnp.ndarray) -> jnp.ndarray:
-    return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
-
-
 def gpipe(stage_fn: StageFn, layer_params: Any, x: jnp.ndarray, positions: jnp.ndarray,
           segment_ids: jnp.ndarray, stages: int, microbatches: int) -> jnp.ndarray:
     """Runs `stage_fn(stage_params, x, positions, segment_ids)` for each stage in order over
     each microbatch; equals applying all layers to the whole batch."""
     stage_params = jax.tree.map(
         lambda p: p.reshape(stages, p.shape[0] // stages, *p.shape[1:]), layer_params)
-    inputs = tuple(_to_microbatches(a, microbatches) for a in (x, positions, segment_ids))
+    inputs = split_microbatches((x, positions, segment_ids), microbatches)
     run_stages = jax.vmap(stage_fn, spmd_axis_name="pipe")
 
     def constrain(state):
@@ -72,4 +65,4 @@ def gpipe(stage_fn: StageFn, layer_params: Any, x: jnp.ndarray, positions: jnp.n
     )
     (_, _, _, outputs), _ = jax.lax.scan(iteration, carry,
                                          jnp.arange(microbatches + stages - 1))
-    return _from_microbatches(outputs)
+    return merge_microbatches(outputs)

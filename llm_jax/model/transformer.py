@@ -20,7 +20,8 @@ from llm_jax.config import ModelConfig
 from llm_jax.model.attention import Attention, CacheMeta, LayerKV
 from llm_jax.model.attention_kernels import check_backend
 from llm_jax.model.kv_cache import CACHE_KV_AXES, CACHE_SEGMENT_AXES, KVCache
-from llm_jax.model.layers import Embed, Mlp, Norm, dense, param_with_axes
+from llm_jax.model.layers import Embed, Mlp, Norm, param_with_axes
+from llm_jax.model.output_head import vocab_logits
 from llm_jax.model.pipeline import gpipe
 
 HIDDEN_AXES = ("act_batch", "act_length", "act_embed")
@@ -140,15 +141,13 @@ class Transformer(nn.Module):
         if return_hidden:
             return x if cache is None else (x, cache)
         if cfg.tie_embeddings:
-            logits = embed.attend(x)
+            kernel = embed.embedding.T
         else:
-            head = param_with_axes(
+            kernel = param_with_axes(
                 self, "lm_head", nn.initializers.normal(cfg.init_std),
                 (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), jnp.dtype(cfg.param_dtype),
             )
-            logits = dense(x, head.astype(x.dtype))
-        logits = nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
-        logits = logits.astype(jnp.float32)
+        logits = vocab_logits(x, kernel.astype(x.dtype))
         return logits if cache is None else (logits, cache)
 
 

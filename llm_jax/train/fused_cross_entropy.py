@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-LOGIT_AXES = ("act_batch", "act_length", "act_vocab")
+from llm_jax.model.output_head import LOGIT_AXES
 
 
 def chunk_length(length: int, chunk: int) -> int:

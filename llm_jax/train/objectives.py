@@ -10,7 +10,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 
 from llm_jax.config import Config
-from llm_jax.model.heads import output_kernel
+from llm_jax.model.output_head import output_kernel
 from llm_jax.train.fused_cross_entropy import fused_cross_entropy_sums
 from llm_jax.train.losses import cross_entropy_sums
 

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from llm_jax.config import Config
-from llm_jax.model.heads import VALUE_HEAD, apply_head, lm_logits
+from llm_jax.model.heads import VALUE_HEAD, apply_head
+from llm_jax.model.output_head import lm_logits
 from llm_jax.train.logprobs import entropy, sequence_logprobs
 from llm_jax.train.objectives import Batch, Forward, Objective
 

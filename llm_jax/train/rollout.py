@@ -37,7 +37,9 @@ from llm_jax.config import Config
 from llm_jax.errors import UserError
 from llm_jax.infer.generator import Generator
 from llm_jax.infer.sampling import SamplingOptions
-from llm_jax.model.heads import init_train_params, lm_logits
+from llm_jax.model.heads import init_train_params, last_token_index
+from llm_jax.model.microbatches import merge_microbatches, split_microbatches
+from llm_jax.model.output_head import lm_logits
 from llm_jax.parallel.sharding import logical_to_shardings, sharding_context
 from llm_jax.train.advantages import gae, group_advantages, kl_rewards, whiten
 from llm_jax.train.forward import make_forward
@@ -46,7 +48,6 @@ from llm_jax.train.objective_eval import to_global
 from llm_jax.train.ppo import forward_batch, policy_outputs
 from llm_jax.train.reward_model import sequence_scores
 from llm_jax.train.rewards import RewardFunction
-from llm_jax.train.step import split_microbatches
 
 ROW_FIELDS = ("tokens", "positions", "segment_ids", "response_mask", "scores")
 SCORED_FIELDS = ("scores", "old_logprobs", "ref_logprobs", "old_values", "returns", "advantages",
@@ -77,16 +78,6 @@ def load_reward_model(directory: str, training: Any) -> RewardModel:
     shardings = logical_to_shardings(boxed, training.mesh, training.rules)
     _, params = checkpoint.restore_params(run_dir, shardings)
     return RewardModel(config, params)
-
-
-def _last_token_one_hot(segment_ids: jnp.ndarray) -> jnp.ndarray:
-    last = jnp.maximum(jnp.sum(segment_ids > 0, axis=1) - 1, 0)
-    return jax.nn.one_hot(last, segment_ids.shape[1], dtype=jnp.float32)
-
-
-def _merge_chunks(x: jnp.ndarray) -> jnp.ndarray:
-    """Inverse of `split_microbatches`: [count, rows, ...] -> [rows * count, ...]."""
-    return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
 
 class Rollouts:
@@ -152,7 +143,9 @@ class Rollouts:
         rm = self.reward_model
         scores = sequence_scores(rm.config.model, self._rm_forward, rm_params,
                                  forward_batch(batch))
-        return _last_token_one_hot(batch["segment_ids"]) * scores[:, None]
+        segment_ids = batch["segment_ids"]
+        last = jax.nn.one_hot(last_token_index(segment_ids), segment_ids.shape[1], dtype=jnp.float32)
+        return last * scores[:, None]
 
     def _score_fn(self, params, reference, rm_params, batch, chunks: int):
         cfg = self.config.ppo
@@ -172,7 +165,7 @@ class Rollouts:
             scored = one(batch)
         else:
             scored = jax.lax.map(one, split_microbatches(batch, chunks))
-            scored = jax.tree.map(_merge_chunks, scored)
+            scored = merge_microbatches(scored)
         mask = batch["response_mask"]
         old, ref = scored["old_logprobs"] * mask, scored["ref_logprobs"] * mask
         scores = scored.get("scores", batch["scores"])

@@ -15,19 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from llm_jax.model.microbatches import split_microbatches
 from llm_jax.train.objectives import Batch, Objective
 from llm_jax.train.state import TrainState
-
-
-def split_microbatches(batch: Batch, count: int) -> Batch:
-    """[B, ...] -> [count, B / count, ...], taking every `count`-th row so that each
-    microbatch stays spread over all data shards."""
-
-    def split(x):
-        rows = x.shape[0] // count
-        return x.reshape(rows, count, *x.shape[1:]).swapaxes(0, 1)
-
-    return jax.tree.map(split, batch)
 
 
 def accumulate_gradients(objective: Objective, params: Any, batch: Batch, microbatches: int):

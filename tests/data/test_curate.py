@@ -107,7 +107,7 @@ def test_report_shows_each_step(curated: tuple) -> None:
     assert by_name["minhash"]["documents_out"] == by_name["minhash"]["documents_in"] - 1
     assert by_name["c4"]["lines_removed"]["no_terminal_punc"] > 0
     assert by_name["pii"]["documents_changed"] == 1
-    assert report["read_problems"]["counts"] == {"malformed_json": 1, "missing_text_field": 1}
+    assert report["read_problems"]["counts"] == {"malformed_json": 1, "not_an_object": 1}
     for name in ("gopher_repetition", "exact_dedup", "minhash"):
         sample = out / by_name[name]["rejected_sample"]
         assert sample.is_file() and json.loads(sample.read_text().splitlines()[0])["text"]

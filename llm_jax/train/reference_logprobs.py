@@ -1,0 +1,56 @@
+"""`dpo.reference=precomputed`: the initial policy's summed reply log-probs of every pair,
+computed in one pass before the first step and saved, so that a resumed run reuses exactly
+them and no second copy of the model is kept in the train state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from llm_jax.config import Config
+from llm_jax.data.post_pipeline import EncodedPair, host_split, ordered_pair_batches
+from llm_jax.errors import UserError
+from llm_jax.parallel.sharding import sharding_context
+from llm_jax.train.dpo import reply_logprobs
+from llm_jax.train.forward import make_forward
+from llm_jax.train.objective_eval import to_global
+from llm_jax.train.preference_batch import split_sides
+
+Reference = dict[int, tuple[float, float]]  # pair index -> (chosen, rejected) log-probs
+
+
+def _load(path: Path) -> Reference:
+    if not path.exists():
+        raise UserError(f"resuming dpo.reference=precomputed needs {path}, written when the "
+                        "run started; it is missing")
+    saved = np.load(path)
+    return {int(i): (float(c), float(r))
+            for i, c, r in zip(saved["index"], saved["chosen"], saved["rejected"])}
+
+
+def reference_logprobs(config: Config, training: Any, state: Any, pairs: Sequence[EncodedPair],
+                       path: Path, batch_size: int, pad_id: int) -> Reference:
+    """This host's pairs (train and eval splits) scored by `state.params`, or read back from
+    `path` when the run resumes past step 0."""
+    if int(jax.device_get(state.step)) > 0:
+        return _load(path)
+    forward = make_forward(config, training.mesh)
+    logps = jax.jit(lambda params, batch: reply_logprobs(forward, params, batch))  # [2B]
+    reference: Reference = {}
+    for split in ("train", "eval"):
+        indices = host_split(len(pairs), config.post.eval_fraction, split,
+                             jax.process_index(), jax.process_count())
+        for chunk, batch in ordered_pair_batches(pairs, indices, config.data.seq_len,
+                                                 batch_size, pad_id):
+            with sharding_context(training.mesh, training.rules):
+                chosen, rejected = split_sides(np.asarray(jax.device_get(
+                    logps(state.params, to_global(batch, training.batch_sharding)))))
+            for k, index in enumerate(chunk):
+                reference[int(index)] = (float(chosen[k]), float(rejected[k]))
+    index = np.asarray(sorted(reference), np.int64)
+    np.savez(path, index=index, chosen=[reference[i][0] for i in index],
+             rejected=[reference[i][1] for i in index])
+    return reference
