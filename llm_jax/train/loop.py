@@ -9,6 +9,7 @@ and exits cleanly.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import signal
 import time
@@ -77,7 +78,7 @@ def evaluate(eval_step, state, batches: Iterator[dict], sharding, steps: int,
              token_bytes: np.ndarray | None) -> dict[str, float]:
     """Mean next-token loss over `steps` held-out batches, and bits per byte."""
     nll, tokens, num_bytes = 0.0, 0.0, 0.0
-    for _, batch in zip(range(steps), batches):
+    for batch in itertools.islice(batches, steps or None):  # 0: the whole pass
         nll_sum, count = jax.device_get(eval_step(state.params, _global_batch(batch, sharding)))
         nll += float(nll_sum)
         tokens += float(count)

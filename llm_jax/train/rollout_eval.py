@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterable
 
 import numpy as np
@@ -12,7 +13,7 @@ def greedy_rollout_metrics(rollouts: Any, params: Any, batches: Iterable[dict], 
     """Mean score and reply length of greedy replies. Batches are padded to `batch_size`
     rows (every host samples the same shapes); the padding rows are not counted."""
     scores, lengths = [], []
-    for _, batch in zip(range(steps), batches):
+    for batch in itertools.islice(batches, steps or None):  # 0: the whole pass
         indices = [int(i) for i in batch["index"] if i >= 0]
         if not indices:
             continue
