@@ -30,7 +30,8 @@ setup(
         # torch is pinned: an unpinned torch pulls several GB of CUDA packages on a CPU machine.
         "hf": ["torch==2.13.0", "transformers==5.23.0"],
         # trl: its DPO and reward-model losses are what the post-training tests compare with.
-        "dev": ["pytest==9.2.0", "torch==2.13.0", "transformers==5.23.0", "trl==1.16.0"],
+        "dev": ["pytest==9.2.0", "pytest-timeout==2.4.0", "torch==2.13.0", "transformers==5.23.0",
+                "trl==1.16.0"],
         # lm-evaluation-harness, for `python -m llm_jax.eval.lm_eval_main` (llm_jax.eval.harness).
         "eval": ["lm-eval==0.4.13"],
         # `llm-jax curate`: datatrove's filters and dedup (spacy: its English word tokenizer,

@@ -27,19 +27,40 @@ FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 INFO_FILE = "dataset_info.json"
 
 
+class RecordCodec:
+    """The corpus features with TFDS's serializer and NumPy parser for them, built in full.
+
+    TFDS builds its parts on first use (lazy modules resolved through `functools.cached_property`,
+    imports inside them). Done for the first time by several grain reader threads at once, that
+    deadlocks on Python's import locks, so a codec is made whole in one thread before any reader
+    starts: one round trip of a record runs every first-use path.
+    """
+
+    def __init__(self) -> None:
+        import tensorflow_datasets as tfds
+        from tensorflow_datasets.core import example_parser, example_serializer
+
+        text = tfds.features.Text()
+        self.features = tfds.features.FeaturesDict(
+            {"text": text, "id": tfds.features.Text(), "kind": text})
+        info = self.features.get_serialized_info()
+        self._serializer = example_serializer.ExampleSerializer(info)
+        self._parser = example_parser.ExampleParserNp(info)
+        self.decode(self.encode("", "", ""))
+
+    def encode(self, text: str, doc_id: str, kind: str) -> bytes:
+        return self._serializer.serialize_example(
+            self.features.encode_example({"text": text, "id": doc_id, "kind": kind}))
+
+    def decode(self, record: bytes) -> dict[str, str]:
+        example = self.features.decode_example_np(self._parser.parse_example(record))
+        return {key: value.decode("utf-8") for key, value in example.items()}
+
+
 @functools.lru_cache(maxsize=1)
-def features() -> Any:
-    import tensorflow_datasets as tfds
-
-    text = tfds.features.Text()
-    return tfds.features.FeaturesDict({"text": text, "id": tfds.features.Text(), "kind": text})
-
-
-@functools.lru_cache(maxsize=1)
-def _serializer() -> Any:
-    from tensorflow_datasets.core import example_serializer
-
-    return example_serializer.ExampleSerializer(features().get_serialized_info())
+def codec() -> RecordCodec:
+    """This process' codec, made by the first caller: the thread that opens a corpus."""
+    return RecordCodec()
 
 
 def curated_dir(config: Any) -> Path:
@@ -49,15 +70,12 @@ def curated_dir(config: Any) -> Path:
 
 def encode_record(text: str, doc_id: str, kind: str) -> bytes:
     """One document as the bytes of a serialized tf.train.Example."""
-    return _serializer().serialize_example(
-        features().encode_example({"text": text, "id": doc_id, "kind": kind})
-    )
+    return codec().encode(text, doc_id, kind)
 
 
 def decode_record(record: bytes) -> dict[str, str]:
     """The inverse of `encode_record`."""
-    example = features().deserialize_example_np(record)
-    return {key: value.decode("utf-8") for key, value in example.items()}
+    return codec().decode(record)
 
 
 def shard_name(index: int, count: int) -> str:
@@ -90,7 +108,7 @@ def write_metadata(directory: str | Path, shard_lengths: list[int], num_bytes: i
     split = tfds.core.SplitInfo(name=SPLIT, shard_lengths=list(shard_lengths), num_bytes=num_bytes,
                                 filename_template=None)
     tfds.folder_dataset.write_metadata(
-        data_dir=str(directory), features=features(), split_infos=[split],
+        data_dir=str(directory), features=codec().features, split_infos=[split],
         filename_template=FILENAME_TEMPLATE, check_data=False,
         description="Curated by llm-jax curate; see report.json.",
     )
@@ -113,28 +131,36 @@ def shard_paths(directory: str | Path) -> list[str]:
 
 
 class CorpusSource:
-    """Random access to a curated corpus' texts: a grain data source (len, getitem, picklable)."""
+    """Random access to a curated corpus' texts: a grain data source (len, getitem, picklable).
+
+    The shards and the codec are opened when the source is made or unpickled, in the thread that
+    builds the pipeline (a grain worker process unpickles in its main thread), so that grain's
+    reader threads only read.
+    """
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = str(directory)
         self.paths = shard_paths(directory)
-        self._records: Any = None
+        self._open()
 
-    def _source(self) -> Any:
-        if self._records is None:
-            import grain
+    def _open(self) -> None:
+        import grain
 
-            self._records = grain.sources.ArrayRecordDataSource(self.paths)
-        return self._records
+        self._records = grain.sources.ArrayRecordDataSource(self.paths) if self.paths else None
+        self._codec = codec()
 
     def __len__(self) -> int:
-        return len(self._source()) if self.paths else 0
+        return len(self._records) if self._records is not None else 0
 
     def __getitem__(self, index: int) -> str:
-        return decode_record(self._source()[index])["text"]
+        return self._codec.decode(self._records[index])["text"]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"directory": self.directory, "paths": self.paths, "_records": None}
+        return {"directory": self.directory, "paths": self.paths}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open()
 
     def __repr__(self) -> str:
         return f"CorpusSource({self.directory!r}, shards={len(self.paths)})"

@@ -254,12 +254,17 @@ def make_batch_iterator(
         raise UserError(f"no documents for split {split!r} on host {index} of {count} "
                         f"({len(documents)} in the corpus, data.eval_fraction="
                         f"{config.data.eval_fraction})")
+    encode = _Encode(tokenizer, tokenizer.bos_id, tokenizer.eos_id)
+    # One document read and encoded here first: whatever the source or the tokenizer imports or
+    # builds on first use is then done in this thread, never by grain's reader threads at once
+    # (which can deadlock on Python's import locks).
+    encode(documents[int(chosen[0])])
     ds = grain.MapDataset.source(_Subset(documents, chosen))
     if train:
         if config.data.shuffle:
             ds = ds.shuffle(seed=seed)
         ds = ds.repeat(None)
-    ds = ds.map(_Encode(tokenizer, tokenizer.bos_id, tokenizer.eos_id))
+    ds = ds.map(encode)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=256))
     if config.data.packing == "pack":
         it = grain.experimental.FlatMapIterDataset(it, _Pieces(length))

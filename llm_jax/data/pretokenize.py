@@ -84,7 +84,8 @@ def pretokenize(config: Any, tokenizer: Any, progress: bool = True) -> dict[str,
 
 
 class TokenSource:
-    """Random access to pre-tokenized documents (int32 arrays): a grain data source."""
+    """Random access to pre-tokenized documents (int32 arrays): a grain data source. Its shards
+    are opened when it is made or unpickled, never by grain's reader threads (see CorpusSource)."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = str(directory)
@@ -94,7 +95,12 @@ class TokenSource:
                             "--pretokenize` (with the same --config) first, or set data.pretokenized=false")
         self.meta = json.loads(meta.read_text())
         self.paths = sorted(str(p) for p in Path(directory).glob("tokens.array_record-*-of-*"))
-        self._records: Any = None
+        self._open()
+
+    def _open(self) -> None:
+        import grain
+
+        self._records = grain.sources.ArrayRecordDataSource(self.paths)
 
     @classmethod
     def open(cls, config: Any, tokenizer: Any) -> "TokenSource":
@@ -106,18 +112,15 @@ class TokenSource:
                             "corpus or tokenizer; run `llm-jax tokenizer --pretokenize` again")
         return source
 
-    def _source(self) -> Any:
-        if self._records is None:
-            import grain
-
-            self._records = grain.sources.ArrayRecordDataSource(self.paths)
-        return self._records
-
     def __len__(self) -> int:
         return int(self.meta["documents"])
 
     def __getitem__(self, index: int) -> np.ndarray:
-        return np.frombuffer(self._source()[index], dtype="<i4")
+        return np.frombuffer(self._records[index], dtype="<i4")
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_records": None}
+        return {"directory": self.directory, "meta": self.meta, "paths": self.paths}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open()
