@@ -63,6 +63,13 @@ def _eval(args: argparse.Namespace) -> None:
             f.write(text + "\n")
 
 
+def _launch(args: argparse.Namespace) -> int:
+    from llm_jax.parallel.launch import launch
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    return launch(command, args.processes, args.devices_per_process)
+
+
 def _train(args: argparse.Namespace) -> None:
     from llm_jax.config import load_config
     from llm_jax.train.loop import train
@@ -194,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_tokenizer)
 
+    p = commands.add_parser("launch", help="run a command as N local processes, each one "
+                            "simulated host with its own CPU devices (try pod runs locally)")
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--devices-per-process", type=int, default=4)
+    p.add_argument("command_line", nargs=argparse.REMAINDER,
+                   help="-- then the llm-jax command, e.g. -- train --config tiny")
+    p.set_defaults(handler=_launch)
+
     p = commands.add_parser("quickstart", help="curate, tokenize, pretrain, evaluate and sample "
                             "a tiny Llama on the built-in corpus (CPU, under 15 minutes)")
     p.add_argument("--out", default="runs/quickstart", help="run directory")
@@ -213,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command != "launch":  # before anything touches a device
+            from llm_jax.parallel.distributed import initialize_distributed
+
+            initialize_distributed()
         return args.handler(args) or 0
     except UserError as err:
         print(f"llm-jax {args.command}: error: {err}", file=sys.stderr)

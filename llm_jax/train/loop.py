@@ -74,16 +74,14 @@ def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array
             for name, value in local.items()}
 
 
-def evaluate(eval_step, state, batches: Iterator[dict], sharding, steps: int,
-             token_bytes: np.ndarray | None) -> dict[str, float]:
-    """Mean next-token loss over `steps` held-out batches, and bits per byte."""
+def evaluate(eval_step, state, batches: Iterator[dict], sharding, steps: int) -> dict[str, float]:
+    """Mean next-token loss over `steps` held-out batches (0: all), and bits per byte. Every
+    sum is taken over the global batch, so each host reports the same numbers."""
     nll, tokens, num_bytes = 0.0, 0.0, 0.0
     for batch in itertools.islice(batches, steps or None):  # 0: the whole pass
-        nll_sum, count = jax.device_get(eval_step(state.params, _global_batch(batch, sharding)))
-        nll += float(nll_sum)
-        tokens += float(count)
-        if token_bytes is not None:
-            num_bytes += float(np.sum(token_bytes[batch["targets"]] * batch["loss_mask"]))
+        sums = jax.device_get(eval_step(state.params, _global_batch(batch, sharding)))
+        nll, tokens, num_bytes = (total + float(x) for total, x in
+                                  zip((nll, tokens, num_bytes), sums))
     if not tokens:
         return {}
     result = {"eval_loss": nll / tokens}
@@ -92,16 +90,21 @@ def evaluate(eval_step, state, batches: Iterator[dict], sharding, steps: int,
     return result
 
 
-def _make_eval_step(config: Config, mesh):
+def make_eval_step(config: Config, mesh, token_bytes: np.ndarray | None):
+    """`eval_step(params, batch)` -> sums of NLL, target tokens and the bytes they stand for
+    (`token_bytes[id]`; none without a byte table)."""
     forward = make_forward(config, mesh)
     rules = axis_rules(config.mesh.rules)
+    byte_table = jnp.zeros((1,), jnp.float32) if token_bytes is None else jnp.asarray(token_bytes)
 
     @jax.jit
     def eval_step(params, batch):
         logits = forward(params, batch)
         mask = batch["loss_mask"].astype(jnp.float32)
         nll, _ = cross_entropy_sums(logits, batch["targets"], mask)
-        return nll, jnp.sum(mask)
+        if token_bytes is None:
+            return nll, jnp.sum(mask), jnp.zeros(())
+        return nll, jnp.sum(mask), jnp.sum(byte_table[batch["targets"]] * mask)
 
     def run(params, batch):
         with sharding_context(mesh, rules):
@@ -127,7 +130,7 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
     training = build_training(config, mesh)
     state, shardings, step_fn = training.state, training.shardings, training.step
     pipelined = mesh.shape["pipe"] > 1
-    eval_fn = _make_eval_step(config, mesh)
+    eval_fn = make_eval_step(config, mesh, data.token_bytes)
     sharding = training.batch_sharding
 
     train_batches = data.train_iterator()
@@ -189,8 +192,7 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
                     record["pipeline_bubble"] = bubble
                 if eval_due:
                     eval_metrics = own_eval(state) if own_eval else evaluate(
-                        eval_fn, state, data.eval_iterator(), sharding, config.eval.steps,
-                        data.token_bytes)
+                        eval_fn, state, data.eval_iterator(), sharding, config.eval.steps)
                     record.update(eval_metrics)
                 logger.log(done, record)
                 bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}")
