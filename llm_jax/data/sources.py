@@ -35,16 +35,8 @@ from typing import Any, Iterable, Iterator
 
 from llm_jax.data import stdlib_corpus
 from llm_jax.data.readers import (
-    ReadProblems,
-    Record,
-    bad_byte_line,
-    joined_text,
-    open_tfds,
-    parse_each,
-    read_jsonl,
-    read_text,
-    tfds_texts,
-)
+    ReadProblems, Record, bad_byte_line, joined_text, open_tfds, parse_each, read_jsonl, read_text,
+    tfds_texts)
 from llm_jax.errors import UserError
 
 __all__ = ["FileSource", "RawDocument", "ReadProblems", "Source", "StdlibSource", "TfdsSource",

@@ -16,16 +16,8 @@ import glob
 from typing import Iterator
 
 from llm_jax.data.readers import (
-    ReadProblems,
-    bad_byte_line,
-    collect,
-    joined_text,
-    open_tfds,
-    parse_each,
-    read_jsonl,
-    read_text,
-    tfds_texts,
-)
+    ReadProblems, bad_byte_line, collect, joined_text, open_tfds, parse_each, read_jsonl,
+    read_text, tfds_texts)
 from llm_jax.errors import UserError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
