@@ -33,6 +33,11 @@ def tokens(batch=2, length=16, seed=0):
     return jax.random.randint(jax.random.key(seed), (batch, length), 0, SMALL.vocab_size)
 
 
+def _relative_rms_error(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want**2)))
+
+
 @pytest.mark.parametrize("preset, published, tolerance", [
     ("llama3-8b", 8.03e9, 0.005e9),
     ("llama3.2-1b", 1.24e9, 0.005e9),
@@ -67,6 +72,23 @@ def test_norm_matches_formula(kind):
         xn = xn - xn.mean(-1, keepdims=True)
     expected = xn / np.sqrt((xn**2).mean(-1, keepdims=True) + config.norm_eps) * np.asarray(scale)
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+# On a bf16 input the output is bf16, rounded once: relative error 0.00166 measured (one bf16
+# rounding); a norm computed in bf16 instead of fp32 gives 0.0036.
+@pytest.mark.parametrize("kind", ["rmsnorm", "layernorm"])
+def test_norm_of_bfloat16_input_computes_in_fp32(kind):
+    config = dataclasses.replace(SMALL, norm=kind, d_model=256)
+    x = (jax.random.normal(jax.random.key(1), (4, 64, 256)) * 3 + 1).astype(jnp.bfloat16)
+    variables = nn.unbox(Norm(config).init(jax.random.key(0), x))
+    scale = jax.random.normal(jax.random.key(2), (256,))
+    out = Norm(config).apply({"params": {**variables["params"], "scale": scale}}, x)
+    assert out.dtype == jnp.bfloat16
+    xn = np.asarray(x.astype(jnp.float32), np.float64)
+    if kind == "layernorm":
+        xn = xn - xn.mean(-1, keepdims=True)
+    expected = xn / np.sqrt((xn**2).mean(-1, keepdims=True) + config.norm_eps) * np.asarray(scale)
+    assert _relative_rms_error(out.astype(jnp.float32), expected) < 0.0025
 
 
 @pytest.mark.parametrize("kind", ["swiglu", "gelu", "relu2"])
@@ -219,14 +241,19 @@ def test_blockwise_gradients_equal_autodiff_of_the_einsum_kernel(length):
         np.testing.assert_allclose(got, want, atol=2e-5)
 
 
-def test_blockwise_kernel_in_bfloat16_follows_fp32():
+# bf16 inputs, and a float64 reference on the very same (rounded) values: what is left is the
+# kernel's own rounding. Scores of std ~9 (sharp attention) make a softmax computed in bf16
+# show: measured 0.0019 (xla) and 0.0046 (blockwise, which also rounds q / sqrt(d) to bf16);
+# with the scores cast to bf16 before the softmax, 0.009 and 0.010.
+@pytest.mark.parametrize("impl", ["xla", "blockwise"])
+def test_attention_in_bfloat16_keeps_the_softmax_in_fp32(impl):
     q, k, v, segments = _qkv(head_dim=32)
+    q, k, v = (x.astype(jnp.bfloat16) for x in (3 * q, 3 * k, v))
     index = jnp.broadcast_to(jnp.arange(q.shape[1]), segments.shape)
-    low = [x.astype(jnp.bfloat16) for x in (q, k, v)]
-    out = attention_kernels.attend("blockwise", *low, segments, segments, index, index)
+    out = attention_kernels.attend(impl, q, k, v, segments, segments, index, index)
     assert out.dtype == jnp.bfloat16
-    np.testing.assert_allclose(out.astype(jnp.float32), _reference_attention(q, k, v, segments),
-                               atol=0.05)
+    want = _reference_attention(*(x.astype(jnp.float32) for x in (q, k, v)), segments)
+    assert _relative_rms_error(out.astype(jnp.float32), want) < 0.0065
 
 
 @pytest.mark.parametrize("impl, device", [("cudnn", "GPU"), ("splash", "TPU")])
@@ -267,13 +294,19 @@ def test_unrolled_layer_scan_keeps_loss_and_gradients():
 
 
 def test_bfloat16_compute_keeps_fp32_params_and_output():
+    """bf16 logits against fp32 ones computed from the same bf16-rounded weights, so that only
+    the activations' rounding differs: 0.0044 of the logits' scale (rms) and 0.020 (max)
+    measured. The norms' and softmax's precision are tested on their own above: in this
+    tiny model their bf16 rounding hides under the matmuls'."""
     config, params = make(dtype="bfloat16")
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
-    fp32 = logits(dataclasses.replace(config, dtype="float32"), params, tokens())
+    rounded = jax.tree.map(lambda p: p.astype(jnp.bfloat16).astype(jnp.float32), params)
+    fp32 = np.asarray(logits(dataclasses.replace(config, dtype="float32"), rounded, tokens()))
     bf16 = logits(config, params, tokens())
     assert bf16.dtype == jnp.float32
-    np.testing.assert_allclose(bf16, fp32, atol=0.05)
     assert not np.array_equal(bf16, fp32)
+    assert _relative_rms_error(bf16, fp32) < 0.008
+    assert np.max(np.abs(bf16 - fp32)) < 0.04 * np.std(fp32)
 
 
 def test_boxed_params_carry_layer_axis():
