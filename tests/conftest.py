@@ -9,15 +9,13 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REAL_DATA = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """../shared/data beside the repository; tests that need it skip when it is missing."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real test data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def real_data() -> Path:
+    """Small excerpts of real data sets, checked in under tests/fixtures (see its README)."""
+    return REAL_DATA
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -51,15 +51,15 @@ def _overrides(run_dir: Path, source: Path | str, *extra: str) -> list[str]:
 def source_dir(tmp_path_factory: pytest.TempPathFactory, shakespeare: str) -> Path:
     root = tmp_path_factory.mktemp("raw")
     for i in range(4):
-        (root / f"play{i}.txt").write_text(shakespeare[i * 24000 : (i + 1) * 24000])
-    (root / "play0-copy.txt").write_text(shakespeare[:24000])  # exact duplicates
-    scene = shakespeare[120000:124000]
+        (root / f"play{i}.txt").write_text(shakespeare[i * 6000 : (i + 1) * 6000])
+    (root / "play0-copy.txt").write_text(shakespeare[:6000])  # exact duplicates
+    scene = shakespeare[28000:32000]
     (root / "scene.txt").write_text(scene)
     edited = scene + "\nAnd so this scene was written twice, with one more line in the copy.\n"
     (root / "scene-edited.txt").write_text(edited)  # near duplicate
     (root / "junk.txt").write_text("Buy now! Best price! " * 300)
     (root / "tool.py").write_text(CODE)
-    lines = [json.dumps({"text": shakespeare[200000 + i * 3000 : 203000 + i * 3000]}) for i in range(3)]
+    lines = [json.dumps({"text": shakespeare[36000 + i * 3000 : 39000 + i * 3000]}) for i in range(3)]
     (root / "extra.jsonl").write_text("\n".join([lines[0], "{broken", lines[1], "[]", lines[2]]) + "\n")
     return root
 

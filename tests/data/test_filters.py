@@ -4,7 +4,6 @@ documents, apply only to the kinds they are configured for, and the toxicity mod
 from __future__ import annotations
 
 import copy
-import gzip
 import json
 from pathlib import Path
 
@@ -47,12 +46,12 @@ JUNK = [
 
 
 @pytest.fixture(scope="module")
-def documents(data_dir: Path, shakespeare: str) -> list[Document]:
+def documents(real_data: Path, shakespeare: str) -> list[Document]:
     """Real prose of several kinds, real code, and synthetic junk."""
-    texts = split_text(shakespeare[:60000], 3000)
-    with open(data_dir / "gsm8k-test.jsonl") as f:
+    texts = split_text(shakespeare, 3000)
+    with open(real_data / "gsm8k-test.jsonl") as f:
         texts += [(lambda r: r["question"] + "\n\n" + r["answer"])(json.loads(next(f))) for _ in range(6)]
-    with gzip.open(data_dir / "hh-rlhf-harmless-base-test.jsonl.gz", "rt") as f:
+    with open(real_data / "hh-rlhf-harmless-base-test.jsonl") as f:
         texts += [json.loads(next(f))["chosen"] for _ in range(6)]
     texts += JUNK
     docs = [Document(text=t, id=f"p{i}", metadata={"kind": "prose"}) for i, t in enumerate(texts)]
@@ -94,7 +93,7 @@ def test_steps_follow_the_configured_kinds() -> None:
     assert steps_by_kind(config) == {"gopher_quality": ["prose"], "c4": ["prose"], "pii": ["prose", "code"]}
 
 
-def test_toxicity_is_a_trained_model(data_dir: Path, shakespeare: str) -> None:
+def test_toxicity_is_a_trained_model(real_data: Path, shakespeare: str) -> None:
     from profanity_check import predict_prob
 
     assert predict_prob(["you are a fucking idiot"])[0] > 0.9
@@ -108,13 +107,13 @@ def test_toxicity_is_a_trained_model(data_dir: Path, shakespeare: str) -> None:
     assert [get_filter_result(r)[0] for r in step.filter_batch(docs)] == [True, False, True]
     # Long documents are scored by line: a whole scene of Shakespeare scores high as one text,
     # yet its insults are a small share of it.
-    scenes = split_text(shakespeare, 20000)
+    scenes = split_text(shakespeare, 4000)
     scores = predict_prob(scenes)
     scene = scenes[int(scores.argmax())]
     assert scores.max() > 0.9
     assert get_filter_result(step.filter(Document(text=scene, id="s")))[0]
-    with gzip.open(data_dir / "hh-rlhf-harmless-base-test.jsonl.gz", "rt") as f:
-        rejected = [json.loads(line)["rejected"] for line in f][:400]
+    with open(real_data / "hh-rlhf-harmless-base-test.jsonl") as f:
+        rejected = [json.loads(line)["rejected"] for line in f]  # 2 of these 32 are flagged
     flagged = sum(not get_filter_result(r)[0] for r in step.filter_batch(
         [Document(text=t, id=str(i)) for i, t in enumerate(rejected)]))
     assert 0 < flagged < len(rejected) // 4
