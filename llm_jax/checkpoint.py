@@ -14,13 +14,16 @@ that exists is whole. Wherever a command takes `--checkpoint`, it may name the r
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from llm_jax.config import Config, from_dict, load_yaml, save_config
+from llm_jax.data.shards import merge_states
 from llm_jax.data.tokenizer import Tokenizer, load_tokenizer
 from llm_jax.errors import UserError
 from llm_jax.model.heads import abstract_train_params
@@ -143,6 +146,22 @@ def save_run_tokenizer(tokenizer: Tokenizer, run_dir: str | Path) -> None:
     tokenizer.save(Path(run_dir) / TOKENIZER_DIR)
 
 
+def all_data_states(data_state: Any) -> Any:
+    """Every process's data state as one (all data shards), so that the primary process, which
+    alone writes JSON items, saves them all; a collective, like the save itself."""
+    if jax.process_count() == 1:
+        return data_state
+    from jax.experimental import multihost_utils
+
+    encoded = np.frombuffer(json.dumps(data_state).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.asarray([len(encoded)], np.int64))
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:len(encoded)] = encoded
+    gathered = multihost_utils.process_allgather(padded)
+    return merge_states([json.loads(row[:int(n)].tobytes())
+                         for row, n in zip(gathered, lengths.reshape(-1))])
+
+
 def save_train_state(manager: ocp.CheckpointManager, state: Any, data_state: Any,
                      seed: int) -> None:
     """One step with everything a resumed run needs; asynchronous when the manager is."""
@@ -152,7 +171,7 @@ def save_train_state(manager: ocp.CheckpointManager, state: Any, data_state: Any
         opt_state=ocp.args.StandardSave(state.opt_state),
         meta=ocp.args.JsonSave({"step": step, "bad_steps": int(jax.device_get(state.bad_steps)),
                                 "seed": seed}),
-        data=ocp.args.JsonSave(data_state),
+        data=ocp.args.JsonSave(all_data_states(data_state)),
     )
     if state.reference is not None:  # DPO / PPO: the frozen initial policy
         items["reference"] = ocp.args.StandardSave(state.reference)
@@ -161,8 +180,9 @@ def save_train_state(manager: ocp.CheckpointManager, state: Any, data_state: Any
 
 def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
                         shardings: Any) -> tuple[Any, Any]:
-    """(state placed on `shardings`, data iterator state); shardings may differ from the
-    saved run's, in which case Orbax reshards onto the new mesh."""
+    """(state placed on `shardings`, data iterator state of every data shard); shardings may
+    differ from the saved run's, in which case Orbax reshards onto the new mesh, and each
+    process takes its own shards' states from the data state."""
     target = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
     items = dict(

@@ -157,6 +157,7 @@ class DataConfig:
     shuffle: bool = True
     eval_fraction: float = 0.01
     worker_count: int = 0
+    shards: int = 0  # fixed split of the data; 0: gcd(train.batch_size, 64) (data/shards.py)
     max_doc_chars: int = 20000  # text files are split at blank lines into documents up to this size
     tfds_split: str = "train"  # split read from a tfds:NAME source
     tfds_data_dir: str = ""  # TFDS data_dir; empty means TFDS's default
@@ -400,6 +401,10 @@ class Config:
 
     def __post_init__(self) -> None:
         _check_numbers(self, "")
+        if self.data.shards and self.train.batch_size % self.data.shards:
+            raise ConfigError(
+                f"data.shards={self.data.shards} does not divide train.batch_size="
+                f"{self.train.batch_size}; each data shard makes an equal share of every batch")
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="

@@ -100,6 +100,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "data.seq_len": COUNT,
     "data.eval_fraction": FRACTION_BELOW_ONE,
     "data.worker_count": count_or("in this process"),
+    "data.shards": count_or("gcd(train.batch_size, 64)"),
     "data.max_doc_chars": count_or("never split"),
     # tokenizer
     "tokenizer.vocab_size": COUNT,

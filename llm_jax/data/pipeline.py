@@ -2,11 +2,11 @@
 
     it = make_batch_iterator(config, tokenizer, split="train")
     batch = next(it)
-    state = it.get_state()      # save with the checkpoint (a dict of ints; JSON-serializable)
+    state = it.get_state()      # save with the checkpoint (JSON-safe; one entry per data shard)
     it = make_batch_iterator(config, tokenizer)
     it.set_state(state)         # continues exactly after the saved batch
 
-Each batch is a dict of numpy arrays, B = per-host batch size, T = `data.seq_len`:
+Each batch is a dict of numpy arrays, B = this process's rows of the batch, T = `data.seq_len`:
 
     inputs       int32   [B, T]  token ids (pad_id on padding)
     targets      int32   [B, T]  the next token of each input
@@ -23,8 +23,10 @@ rows of T+1 tokens (grain's ConcatThenSplitIterDataset): segment_ids are 1 and p
 and the loss is masked where the target is the first token of the next document.
 
 Order: documents are split once into train and eval (a fixed permutation, `data.eval_fraction`);
-each host keeps every `process_count`-th document of its split (`jax.process_index()`), so hosts
-read disjoint shards; train shuffles with the seed (a new order every epoch) and repeats forever;
+each split is dealt into `data.shards` data shards (`llm_jax.data.shards`) that pack their own
+rows, so the global batch does not depend on the number of processes and each process reads
+only its shards' documents; train shuffles each shard with its own seed (a new order every
+epoch) and repeats forever;
 eval reads its documents once in fixed order and gives exactly `eval.steps` batches, cutting the
 pass short or filling up with all-padding batches (loss_mask 0), so that every host takes the
 same number of eval steps; `eval.steps=0` gives the whole pass instead, its last batch padded.
@@ -45,6 +47,7 @@ import grain
 import numpy as np
 
 from llm_jax.config import Config, ConfigError
+from llm_jax.data.shards import ShardedBatches, host_shards, shard_count, shard_seed
 from llm_jax.errors import UserError
 
 SPLITS = ("train", "eval")
@@ -228,57 +231,69 @@ def make_batch_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Any:
-    """An iterator of batches (see module docstring) with get_state/set_state (JSON-safe).
+    """This process's batches (see module docstring) with get_state/set_state (JSON-safe).
 
-    `batch_size` is per host and defaults to `train.batch_size // process_count`; `seed`
-    defaults to `config.seed`. The process arguments default to JAX's.
+    `batch_size` is the global batch (default `train.batch_size`); each process gets the rows
+    of its data shards (`llm_jax.data.shards`). `seed` defaults to `config.seed`. The process
+    arguments default to JAX's.
     """
     index, count = _host(process_index, process_count)
-    if batch_size is None:
-        if config.train.batch_size % count:
-            raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
-                              f"{count} hosts; each host loads an equal share")
-        batch_size = config.train.batch_size // count
+    batch_size = config.train.batch_size if batch_size is None else batch_size
+    shards = shard_count(config)
+    mine = host_shards(shards, batch_size, index, count)
     if tokenizer.vocab_size > config.model.vocab_size:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
                           f"{config.model.vocab_size}; raise model.vocab_size")
     seed = config.seed if seed is None else seed
-    length = config.data.seq_len
     documents = _documents(config, tokenizer)
-    chosen = split_indices(len(documents), config.data.eval_fraction, split)[index::count]
-    train = split == "train"
-    eval_steps = 0 if train else config.eval.steps
-    if len(chosen) == 0 and eval_steps:
-        return _EvalBatches(None, eval_steps, (batch_size, length), tokenizer.pad_id)
-    if len(chosen) == 0:
-        raise UserError(f"no documents for split {split!r} on host {index} of {count} "
-                        f"({len(documents)} in the corpus, data.eval_fraction="
-                        f"{config.data.eval_fraction})")
+    chosen = split_indices(len(documents), config.data.eval_fraction, split)
+    if split == "train" and len(chosen) < shards:
+        raise UserError(f"{len(chosen)} training documents cannot fill data.shards={shards} "
+                        f"({len(documents)} in the corpus); lower data.shards or add documents")
     encode = _Encode(tokenizer, tokenizer.bos_id, tokenizer.eos_id)
-    # One document read and encoded here first: whatever the source or the tokenizer imports or
-    # builds on first use is then done in this thread, never by grain's reader threads at once
-    # (which can deadlock on Python's import locks).
-    encode(documents[int(chosen[0])])
+    if len(chosen):
+        # One document read and encoded here first: whatever the source or the tokenizer
+        # imports or builds on first use is then done in this thread, never by grain's reader
+        # threads at once (which can deadlock on Python's import locks).
+        encode(documents[int(chosen[0])])
+    # Fewer reader threads per shard when a process reads many: the batches do not change.
+    read = grain.ReadOptions(num_threads=max(1, 4 // len(mine)),
+                             prefetch_buffer_size=max(16, 256 // len(mine)))
+    iterators = {j: _shard_batches(config, documents, chosen[j::shards], encode, split,
+                                   batch_size // shards, shard_seed(seed, j), read,
+                                   tokenizer.pad_id) for j in mine}
+    return ShardedBatches(iterators, tokenizer.pad_id)
+
+
+def _shard_batches(config: Config, documents: Any, chosen: np.ndarray, encode: _Encode,
+                   split: str, rows: int, seed: int, read: grain.ReadOptions, pad_id: int) -> Any:
+    """One shard's `rows` rows of every batch, from its documents `chosen`."""
+    length, train = config.data.seq_len, split == "train"
+    eval_steps = 0 if train else config.eval.steps
+    if len(chosen) == 0:
+        if eval_steps:
+            return _EvalBatches(None, eval_steps, (rows, length), pad_id)
+        return iter(())
     ds = grain.MapDataset.source(_Subset(documents, chosen))
     if train:
         if config.data.shuffle:
             ds = ds.shuffle(seed=seed)
         ds = ds.repeat(None)
     ds = ds.map(encode)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=256))
+    it = ds.to_iter_dataset(read)
     if config.data.packing == "pack":
         it = grain.experimental.FlatMapIterDataset(it, _Pieces(length))
         it = grain.experimental.FirstFitPackIterDataset(
             it, length_struct={"inputs": length, "targets": length},
-            num_packing_bins=batch_size, seed=seed, shuffle_bins=train)
-        it = it.map(PackedRow(tokenizer.pad_id))
+            num_packing_bins=rows, seed=seed, shuffle_bins=train)
+        it = it.map(PackedRow(pad_id))
     else:
         it = it.map(_as_stream)
         it = grain.experimental.ConcatThenSplitIterDataset(it, length_struct={"tokens": length + 1})
-        it = it.map(_ConcatRow(tokenizer.pad_id, tokenizer.eos_id))
-    it = it.batch(batch_size, drop_remainder=train)
+        it = it.map(_ConcatRow(pad_id, encode.eos))
+    it = it.batch(rows, drop_remainder=train)
     if not train:
-        it = it.map(_PadBatch(batch_size, tokenizer.pad_id))
+        it = it.map(_PadBatch(rows, pad_id))
     if config.data.worker_count:
         from absl import flags
 
@@ -286,7 +301,7 @@ def make_batch_iterator(
             flags.FLAGS.mark_as_parsed()  # (google/grain#1355); defaults are what we want
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.worker_count))
     if eval_steps:
-        return _EvalBatches(iter(it), eval_steps, (batch_size, length), tokenizer.pad_id)
+        return _EvalBatches(iter(it), eval_steps, (rows, length), pad_id)
     return iter(it)
 
 

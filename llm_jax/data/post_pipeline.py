@@ -1,9 +1,10 @@
 """Grain pipelines for post-training: encoded examples in memory -> batches for the train step.
 
 Examples are encoded once when a run starts (so that every bad record is counted before the
-first step), split into train and eval like the pretraining corpus (`split_indices`), shared out
-to hosts, then shuffled, repeated, packed or padded and batched by grain. Each iterator has
-grain's get_state/set_state, so a resumed run continues with the next batch.
+first step), split into train and eval like the pretraining corpus (`split_indices`), dealt
+into data shards (`llm_jax.data.shards`: the global batch does not depend on the number of
+processes), then each shard is shuffled, repeated, packed or padded and batched by grain.
+Each iterator has get_state/set_state, so a resumed run continues with the next batch.
 
 SFT batches follow the pretraining batch contract (`llm_jax.data.pipeline`): inputs, targets,
 segment_ids, positions and a loss_mask that is 1 only on assistant tokens. With packing, grain's
@@ -34,6 +35,7 @@ import numpy as np
 
 from llm_jax.data.chat_format import Encoded
 from llm_jax.data.pipeline import PackedRow, split_indices
+from llm_jax.data.shards import ShardedBatches, host_shards, shard_seed
 from llm_jax.errors import UserError
 
 PAIR_SIDES = ("chosen", "rejected")
@@ -60,12 +62,25 @@ class _Items:
         return self.fn(self.items[index], index)
 
 
-def host_split(count: int, eval_fraction: float, split: str, process_index: int,
-               process_count: int) -> np.ndarray:
-    """Indices of a split that this host reads (every `process_count`-th)."""
+def shard_split(count: int, eval_fraction: float, split: str, shards: int, batch_size: int,
+                process_index: int, process_count: int) -> dict[int, np.ndarray]:
+    """Indices of a split in each data shard this process reads (`llm_jax.data.shards`)."""
+    mine = host_shards(shards, batch_size, process_index, process_count)
     if split == "eval" and eval_fraction == 0:
-        return np.zeros((0,), np.int64)
-    return split_indices(count, eval_fraction, split)[process_index::process_count]
+        return {j: np.zeros((0,), np.int64) for j in mine}
+    chosen = split_indices(count, eval_fraction, split)
+    return {j: chosen[j::shards] for j in mine}
+
+
+def host_split(count: int, eval_fraction: float, split: str, process_index: int,
+               process_count: int, shards: int | None = None, batch_size: int | None = None
+               ) -> np.ndarray:
+    """Every index of a split that this process reads, in its shards' order (`shards`
+    defaults to one per process)."""
+    shards = shards or process_count
+    parts = shard_split(count, eval_fraction, split, shards, batch_size or shards,
+                        process_index, process_count)
+    return np.concatenate(list(parts.values()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,10 +119,19 @@ def _finish(it: Any, batch_size: int, train: bool, pad_id: int) -> Any:
     return iter(it)
 
 
-def _check_split(indices: np.ndarray, split: str, total: int) -> None:
-    if split == "train" and len(indices) == 0:
-        raise UserError(f"no training examples on this host ({total} in all); add data or "
-                        "lower post.eval_fraction")
+def _sharded(count: int, split: str, batch_size: int, seed: int, eval_fraction: float,
+             shards: int, process_index: int, process_count: int, pad_id: int,
+             shard_batches: Callable[[np.ndarray, int, int], Any]) -> ShardedBatches:
+    """This process's batches: `shard_batches(indices, rows, seed)` for each of its shards."""
+    parts = shard_split(count, eval_fraction, split, shards, batch_size, process_index,
+                        process_count)
+    if split == "train" and any(len(indices) == 0 for indices in parts.values()):
+        raise UserError(f"a data shard has no training examples ({count} in all, "
+                        f"data.shards={shards}); add data, lower data.shards or lower "
+                        "post.eval_fraction")
+    rows = batch_size // shards
+    return ShardedBatches({j: shard_batches(indices, rows, shard_seed(seed, j)) if len(indices)
+                           else iter(()) for j, indices in parts.items()}, pad_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,20 +162,25 @@ class _SftPaddedRow:
 
 def sft_batches(examples: Sequence[Encoded], *, split: str, seq_len: int, batch_size: int,
                 pad_id: int, seed: int, eval_fraction: float, packing: bool = True,
-                shuffle: bool = True, process_index: int = 0, process_count: int = 1) -> Any:
-    """Batches of SFT rows (the pretraining contract); every example fits `seq_len` pairs."""
-    indices = host_split(len(examples), eval_fraction, split, process_index, process_count)
-    _check_split(indices, split, len(examples))
+                shuffle: bool = True, shards: int = 1, process_index: int = 0,
+                process_count: int = 1) -> Any:
+    """Batches of SFT rows (the pretraining contract); every example fits `seq_len` pairs;
+    `batch_size` is the global batch, of which this process makes its shards' rows."""
     train = split == "train"
-    it = _iterate(_Items(examples, indices, _sft_example), train, seed, shuffle)
-    if packing:
-        it = grain.experimental.FirstFitPackIterDataset(
-            it, length_struct={"inputs": seq_len, "targets": seq_len, "loss_mask": seq_len},
-            num_packing_bins=batch_size, seed=seed, shuffle_bins=train)
-        it = it.map(PackedRow(pad_id))
-    else:
-        it = it.map(_SftPaddedRow(seq_len, pad_id))
-    return _finish(it, batch_size, train, pad_id)
+
+    def shard_batches(indices: np.ndarray, rows: int, rng_seed: int) -> Any:
+        it = _iterate(_Items(examples, indices, _sft_example), train, rng_seed, shuffle)
+        if packing:
+            it = grain.experimental.FirstFitPackIterDataset(
+                it, length_struct={"inputs": seq_len, "targets": seq_len, "loss_mask": seq_len},
+                num_packing_bins=rows, seed=rng_seed, shuffle_bins=train)
+            it = it.map(PackedRow(pad_id))
+        else:
+            it = it.map(_SftPaddedRow(seq_len, pad_id))
+        return _finish(it, rows, train, pad_id)
+
+    return _sharded(len(examples), split, batch_size, seed, eval_fraction, shards,
+                    process_index, process_count, pad_id, shard_batches)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,16 +220,19 @@ class _PairRows:
 
 def preference_batches(pairs: Sequence[EncodedPair], *, split: str, seq_len: int,
                        batch_size: int, pad_id: int, seed: int, eval_fraction: float,
-                       reference: Any = None, shuffle: bool = True, process_index: int = 0,
-                       process_count: int = 1) -> Any:
+                       reference: Any = None, shuffle: bool = True, shards: int = 1,
+                       process_index: int = 0, process_count: int = 1) -> Any:
     """Batches of preference rows; `reference` maps a pair's index to its reference log-probs
     (it is read as batches are made, so it may be filled after the iterator is created)."""
-    indices = host_split(len(pairs), eval_fraction, split, process_index, process_count)
-    _check_split(indices, split, len(pairs))
     train = split == "train"
-    it = _iterate(_Items(pairs, indices, _PairRows(seq_len, pad_id, reference)), train, seed,
-                  shuffle)
-    return _finish(it, batch_size, train, pad_id)
+    rows_of = _PairRows(seq_len, pad_id, reference)
+
+    def shard_batches(indices: np.ndarray, rows: int, rng_seed: int) -> Any:
+        return _finish(_iterate(_Items(pairs, indices, rows_of), train, rng_seed, shuffle),
+                       rows, train, pad_id)
+
+    return _sharded(len(pairs), split, batch_size, seed, eval_fraction, shards, process_index,
+                    process_count, pad_id, shard_batches)
 
 
 def ordered_pair_batches(pairs: Sequence[EncodedPair], indices: np.ndarray, seq_len: int,
@@ -219,12 +251,15 @@ def ordered_pair_batches(pairs: Sequence[EncodedPair], indices: np.ndarray, seq_
 
 
 def prompt_index_batches(count: int, *, split: str, batch_size: int, seed: int,
-                         eval_fraction: float, shuffle: bool = True, process_index: int = 0,
-                         process_count: int = 1) -> Any:
+                         eval_fraction: float, shuffle: bool = True, shards: int = 1,
+                         process_index: int = 0, process_count: int = 1) -> Any:
     """Batches {"index": [B]} of prompt indices; eval batches are padded with index -1."""
-    indices = host_split(count, eval_fraction, split, process_index, process_count)
-    _check_split(indices, split, count)
     train = split == "train"
-    it = _iterate(_Items(np.arange(count), indices, lambda i, _: {"index": np.int64(i)}), train,
-                  seed, shuffle)
-    return _finish(it, batch_size, train, -1)
+
+    def shard_batches(indices: np.ndarray, rows: int, rng_seed: int) -> Any:
+        it = _iterate(_Items(np.arange(count), indices, lambda i, _: {"index": np.int64(i)}),
+                      train, rng_seed, shuffle)
+        return _finish(it, rows, train, -1)
+
+    return _sharded(count, split, batch_size, seed, eval_fraction, shards, process_index,
+                    process_count, -1, shard_batches)

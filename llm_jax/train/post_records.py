@@ -16,6 +16,7 @@ import jax
 from llm_jax.config import Config, ConfigError
 from llm_jax.data.chat_format import Message, make_template
 from llm_jax.data.records import RecordError, SkipReport, read_records
+from llm_jax.data.shards import shard_count
 from llm_jax.train.data import run_tokenizer
 
 REPORT_FILE = "post_data.json"
@@ -63,7 +64,8 @@ class PostTrainingData:
         raise NotImplementedError
 
     def _split_args(self) -> dict[str, Any]:
-        return dict(batch_size=self.local_batch, seed=self.config.seed,
+        """The global batch and this process's place: each process reads its data shards."""
+        return dict(batch_size=self.config.train.batch_size, seed=self.config.seed,
                     eval_fraction=self.config.post.eval_fraction,
-                    shuffle=self.config.data.shuffle, process_index=self.process_index,
-                    process_count=self.process_count)
+                    shuffle=self.config.data.shuffle, shards=shard_count(self.config),
+                    process_index=self.process_index, process_count=self.process_count)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,8 @@ class PromptData(PostTrainingData):
 
     def train_iterator(self) -> RolloutSchedule:
         args = self._split_args()
-        args["batch_size"] = self.rows_per_rollout // self.process_count // self.group
+        args["batch_size"] = self.rows_per_rollout // self.group  # prompts of one rollout
+        args["shards"] = math.gcd(args["shards"], args["batch_size"])
         prompts = prompt_index_batches(len(self.prompts), split="train", **args)
         return RolloutSchedule(prompts, self.config.ppo.updates_per_rollout)
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from llm_jax.config import Config
 from llm_jax.data.post_pipeline import EncodedPair, host_split, ordered_pair_batches
+from llm_jax.data.shards import shard_count
 from llm_jax.errors import UserError
 from llm_jax.parallel.sharding import sharding_context
 from llm_jax.train.dpo import reply_logprobs
@@ -42,7 +43,8 @@ def reference_logprobs(config: Config, training: Any, state: Any, pairs: Sequenc
     reference: Reference = {}
     for split in ("train", "eval"):
         indices = host_split(len(pairs), config.post.eval_fraction, split,
-                             jax.process_index(), jax.process_count())
+                             jax.process_index(), jax.process_count(), shard_count(config),
+                             config.train.batch_size)
         for chunk, batch in ordered_pair_batches(pairs, indices, config.data.seq_len,
                                                  batch_size, pad_id):
             with sharding_context(training.mesh, training.rules):

@@ -141,18 +141,46 @@ def test_train_repeats_with_a_new_order_each_epoch(run_dir: Path, trained_tokeni
 
 
 def test_hosts_read_disjoint_documents(run_dir: Path, trained_tokenizer: SentencePieceTokenizer, texts: list[str]) -> None:
-    config = _config(run_dir)
+    config = _config(run_dir)  # data.shards defaults to gcd(B, 64) = 8: shards 0-3 on host 0
     train_docs = split_indices(len(texts), 0.1, "train")
     per_host = []
     for host in range(2):
         it = make_batch_iterator(config, trained_tokenizer, process_index=host, process_count=2)
         batches = _take(it, 40)
         assert batches[0]["inputs"].shape == (B // 2, T)
-        mine = {texts[i] for i in train_docs[host::2]}
+        mine = {texts[i] for shard in range(4 * host, 4 * host + 4) for i in train_docs[shard::B]}
         whole = set(_whole_documents(trained_tokenizer, batches))
         assert whole and whole <= mine
         per_host.append(mine)
     assert not per_host[0] & per_host[1]
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_processes_together_make_the_batches_of_one(run_dir: Path, split: str,
+                                                     trained_tokenizer: SentencePieceTokenizer) -> None:
+    """Process h's rows, stacked in process order, are the one-process batch, for 2 and 4
+    processes; the state saved by all of them resumes on another count."""
+    config = _config(run_dir, "eval.steps=3")
+    one = _take(make_batch_iterator(config, trained_tokenizer, split=split, process_index=0,
+                                    process_count=1), 6 if split == "train" else 3)
+    for hosts in (2, 4):
+        its = [make_batch_iterator(config, trained_tokenizer, split=split, process_index=h,
+                                   process_count=hosts) for h in range(hosts)]
+        for step in range(3):
+            parts = [next(it) for it in its]
+            for key in one[step]:
+                np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]),
+                                              one[step][key])
+    if split == "train":
+        from llm_jax.data.shards import merge_states
+
+        saved = merge_states([it.get_state() for it in its])
+        resumed = make_batch_iterator(config, trained_tokenizer, process_index=0, process_count=1)
+        resumed.set_state(saved)
+        for step in range(3, 6):
+            batch = next(resumed)
+            for key in batch:
+                np.testing.assert_array_equal(batch[key], one[step][key])
 
 
 def test_eval_is_one_padded_pass_over_held_out_documents(run_dir: Path, trained_tokenizer: SentencePieceTokenizer,
@@ -172,7 +200,8 @@ def test_eval_is_one_padded_pass_over_held_out_documents(run_dir: Path, trained_
     # even a host that has no held-out document at all.
     steps = len(batches) + 3
     for host, hosts in [(0, 2), (1, 2), (len(held_out), len(held_out) + 1)]:
-        config = _config(run_dir, f"eval.steps={steps}", f"train.batch_size={B * hosts}")
+        config = _config(run_dir, f"eval.steps={steps}", f"train.batch_size={B * hosts}",
+                         f"data.shards={hosts}")
         got = list(make_batch_iterator(config, tok, split="eval", process_index=host, process_count=hosts))
         assert len(got) == steps and all(b["inputs"].shape == (B, T) for b in got)
         assert got[-1]["loss_mask"].sum() == 0
@@ -211,5 +240,10 @@ def test_configuration_errors(run_dir: Path, trained_tokenizer: SentencePieceTok
         make_batch_iterator(_config(run_dir, "model.vocab_size=512"), trained_tokenizer, **host)
     with pytest.raises(UserError, match="no complete curated corpus"):
         make_batch_iterator(_config(tmp_path), trained_tokenizer, **host)
-    with pytest.raises(ConfigError, match="not divisible"):
+    with pytest.raises(ConfigError, match="data.shards=8 is not divisible by the 3 processes"):
         make_batch_iterator(_config(run_dir), trained_tokenizer, process_index=0, process_count=3)
+    with pytest.raises(ConfigError, match="data.shards=3 does not divide train.batch_size=8"):
+        _config(run_dir, "data.shards=3")
+    with pytest.raises(UserError, match="lower data.shards"):
+        make_batch_iterator(_config(run_dir, "train.batch_size=1024", "data.shards=1024"),
+                            trained_tokenizer, process_index=0, process_count=1)
