@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import Callable, Sequence
 
 from llm_jax.errors import UserError
@@ -100,9 +101,13 @@ def _plan(args: argparse.Namespace) -> None:
 def _curate(args: argparse.Namespace) -> None:
     from llm_jax.config import load_config
     from llm_jax.data.curate import curate, format_report
+    from llm_jax.parallel.agreement import check_processes_agree
+    from llm_jax.parallel.one_process import on_process_zero
 
-    report = curate(load_config(args.config, args.overrides), progress=not args.no_progress,
-                    force=args.force)
+    config = load_config(args.config, args.overrides)
+    check_processes_agree(config)
+    report = on_process_zero(lambda: curate(config, progress=not args.no_progress,
+                                            force=args.force))
     print(format_report(report))
     print(f"{report['documents_out']:,} of {report['documents_in']:,} documents kept in "
           f"{report['seconds']} s -> {report['corpus']} (report.json, rejected/)")
@@ -112,17 +117,21 @@ def _tokenizer(args: argparse.Namespace) -> None:
     from llm_jax.config import load_config
     from llm_jax.data.tokenizer import SentencePieceTokenizer
     from llm_jax.data.tokenizer_training import train_from_config
+    from llm_jax.parallel.agreement import check_processes_agree
+    from llm_jax.parallel.one_process import on_process_zero
 
     config = load_config(args.config, args.overrides)
-    info = train_from_config(config, force=args.force, progress=not args.no_progress)
+    check_processes_agree(config)
+    info = on_process_zero(lambda: train_from_config(config, force=args.force,
+                                                     progress=not args.no_progress))
     state = "already trained on this corpus" if info.get("skipped") else f"trained in {info['seconds']} s"
     print(f"tokenizer {info['model']}: {info['vocab_size']} tokens, {state}")
     print(f"  hugging face: {info['hf_dir'] or 'not exported (pip install llm_jax[hf])'}")
     if args.pretokenize:
         from llm_jax.data.pretokenize import pretokenize
 
-        tokenizer = SentencePieceTokenizer.load(info["model"])
-        meta = pretokenize(config, tokenizer, progress=not args.no_progress)
+        meta = on_process_zero(lambda: pretokenize(
+            config, SentencePieceTokenizer.load(info["model"]), progress=not args.no_progress))
         print(f"  pre-tokenized: {meta['documents']:,} documents, {meta['tokens']:,} tokens")
 
 
@@ -225,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _which_process() -> str:
+    """"process i of n: " on a multi-process run, else nothing."""
+    from llm_jax.parallel.distributed import process_label
+
+    label = process_label()
+    return f"{label}: " if label else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -234,8 +251,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             initialize_distributed()
         return args.handler(args) or 0
     except UserError as err:
-        print(f"llm-jax {args.command}: error: {err}", file=sys.stderr)
+        print(f"llm-jax {args.command}: error: {_which_process()}{err}", file=sys.stderr)
         return 2
+    except Exception as err:  # on a pod, say which host's log holds the traceback
+        if not _which_process():
+            raise
+        traceback.print_exc()
+        print(f"llm-jax {args.command}: error: {_which_process()}{type(err).__name__}: {err}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"llm-jax {args.command}: interrupted", file=sys.stderr)
         return 130

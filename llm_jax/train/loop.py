@@ -3,7 +3,7 @@
 The loop is the only place with side effects: it feeds batches, logs metrics, evaluates,
 saves Orbax checkpoints every `checkpoint.every` steps (asynchronously), resumes from the
 latest one when restarted in the same run directory, and on SIGTERM (TPU preemption) saves
-and exits cleanly.
+and exits cleanly, every process at the same step (`llm_jax.parallel.preemption`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,8 +24,10 @@ from llm_jax import checkpoint
 from llm_jax.config import Config, save_config
 from llm_jax.errors import UserError
 from llm_jax.model.pipeline import bubble_fraction
+from llm_jax.parallel.agreement import check_processes_agree
 from llm_jax.parallel.distributed import initialize_distributed
 from llm_jax.parallel.mesh import make_mesh
+from llm_jax.parallel.preemption import Preemption
 from llm_jax.parallel.rules import axis_rules
 from llm_jax.parallel.sharding import sharding_context
 from llm_jax.train.build import build_training
@@ -44,28 +45,6 @@ class TrainResult:
     final_loss: float
     eval: dict[str, float]
     preempted: bool
-
-
-class _PreemptionFlag:
-    """Set by SIGTERM; the loop saves a checkpoint after the step in flight and stops."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        self._previous = None
-
-    def __enter__(self) -> "_PreemptionFlag":
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no signal handling there
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.raised = True
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -118,6 +97,7 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
     `eval_iterator()`, `token_bytes` and `tokenizer` (see `llm_jax.train.data`); the run
     directory gets its config and tokenizer once the checkpoint it resumes has loaded."""
     initialize_distributed()
+    check_processes_agree(config)
     run_dir = Path(config.run_dir).absolute()
     mesh = make_mesh(config)
     manager = checkpoint.checkpoint_manager(run_dir, keep=config.checkpoint.keep,
@@ -168,7 +148,7 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
 
     last_loss, eval_metrics, preempted = float("nan"), {}, False
     window_start, window_steps = time.perf_counter(), 0
-    with _PreemptionFlag() as preemption:
+    with Preemption() as preemption:
         for step in range(start, total_steps):
             if profile and step == profile[0]:
                 jax.profiler.start_trace(str(run_dir / "profile"))
@@ -199,11 +179,11 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
                 _check_bad_steps(int(metrics["bad_steps"]), done, config, manager)
                 window_start, window_steps = time.perf_counter(), 0
             bar.update(1)
-            if preemption.raised or done % config.checkpoint.every == 0 or done == total_steps:
+            preempted = preemption.reached(done)
+            if preempted or done % config.checkpoint.every == 0 or done == total_steps:
                 checkpoint.save_train_state(manager, state, train_batches.get_state(),
                                             config.seed)
-            if preemption.raised:
-                preempted = True
+            if preempted:
                 print(f"SIGTERM: saved step {done} to {run_dir}; exiting")
                 break
     bar.close()
