@@ -126,7 +126,8 @@ def test_curate_and_tokenizer_on_two_processes_write_the_files_of_one(corpora):
     assert "tokenizer/tokenizer.model" in one and "tokenizer/hf/tokenizer.json" in one
     assert files(corpora[2]) == one
     assert contents(corpora[2]) == contents(corpora[1])
-    for command in ("curate", "tokenizer"):  # process 1 waited and reports process 0's result
+    # Process 1 did not run the job: it prints process 0's result, down to the seconds it took.
+    for command in ("curate", "tokenizer"):
         lines = [[line for line in out.splitlines()
                   if line.startswith("tokenizer ") or "documents kept in" in line]
                  for out in corpora[2, command]]
@@ -197,3 +198,14 @@ def test_a_bad_heartbeat_timeout_fails_with_a_message(monkeypatch, capsys):
     assert main(["plan", "--config", "tiny", "--no-compile"]) == 2
     assert ("LLM_JAX_HEARTBEAT_TIMEOUT='soon' must be a whole number of seconds >= 1"
             in capsys.readouterr().err)
+
+
+def test_a_job_that_fails_on_process_zero_stops_the_others_with_its_error(tmp_path):
+    codes, outputs = finish(start(["curate", "--config", "tiny", "--no-progress",
+                                   f"run_dir={tmp_path}", f"data.source={tmp_path}/none/*.txt"]))
+    assert codes == [2, 2], outputs
+    error = next(line for line in outputs[0].splitlines()
+                 if line.startswith("llm-jax curate: error: process 0 of 2: "))
+    message = error.removeprefix("llm-jax curate: error: process 0 of 2: ")
+    assert ("llm-jax curate: error: process 1 of 2: process 0 failed, so this process stops "
+            f"too: {message}") in outputs[1]
