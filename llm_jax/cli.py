@@ -22,22 +22,26 @@ def _import_hf(args: argparse.Namespace) -> None:
 def _export_hf(args: argparse.Namespace) -> None:
     from llm_jax.convert.hf_export import export_hf_checkpoint
 
-    out = export_hf_checkpoint(args.checkpoint, args.out)
-    print(f"exported {args.checkpoint} -> {out}")
+    from llm_jax.infer.host_arrays import is_main_process
+
+    out = export_hf_checkpoint(args.checkpoint, args.out, args.overrides)
+    if is_main_process():
+        print(f"exported {args.checkpoint} -> {out}")
 
 
 def _generate(args: argparse.Namespace) -> None:
     from llm_jax.infer.completion import complete
+    from llm_jax.infer.host_arrays import is_main_process
     from llm_jax.infer.loading import load_model
     from llm_jax.infer.sampling import SamplingOptions
 
     options = SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                               stop=tuple(args.stop))
-    model = load_model(args.checkpoint)
+    model = load_model(args.checkpoint, args.overrides)
     completions = complete(model.generator(), model.tokenizer, args.prompt, options,
                            chat=args.chat, system=args.system)
-    for prompt, completion in zip(args.prompt, completions):
+    for prompt, completion in zip(args.prompt, completions if is_main_process() else []):
         if len(args.prompt) > 1:
             print(f"### {prompt}")
         print(completion.text if args.chat else prompt + completion.text)
@@ -47,6 +51,7 @@ def _eval(args: argparse.Namespace) -> None:
     import json
 
     from llm_jax.eval.tasks import EvalOptions, check_task, run_task
+    from llm_jax.infer.host_arrays import is_main_process
     from llm_jax.infer.loading import load_model
 
     check_task(args.task)
@@ -56,7 +61,9 @@ def _eval(args: argparse.Namespace) -> None:
         num_fewshot=args.num_fewshot, fewshot_data=args.fewshot_data,
         max_new_tokens=args.max_new_tokens)
     results = {"task": args.task, "checkpoint": args.checkpoint,
-               **run_task(args.task, load_model(args.checkpoint), options)}
+               **run_task(args.task, load_model(args.checkpoint, args.overrides), options)}
+    if not is_main_process():
+        return
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:
@@ -140,6 +147,12 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
 
 
+def _add_mesh_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="mesh.KEY=VALUE",
+                        help="where the parameters are sharded, e.g. mesh.fsdp=4 mesh.tensor=2 "
+                        "(default: fsdp over all devices)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-jax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
@@ -152,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("export-hf", help="export a checkpoint as a Hugging Face Llama")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
     p.add_argument("--out", required=True, help="directory to write (config.json, safetensors)")
+    _add_mesh_args(p)
     p.set_defaults(handler=_export_hf)
 
     p = commands.add_parser("generate", help="continue prompts (or chat) with a checkpoint")
@@ -167,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true",
                    help="treat each prompt as a user message and apply the chat template")
     p.add_argument("--system", default=None, help="system message in --chat mode")
+    _add_mesh_args(p)
     p.set_defaults(handler=_generate)
 
     p = commands.add_parser("eval", help="perplexity, multiple choice or GSM8K of a checkpoint")
@@ -187,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fewshot-data", default=None, help="gsm8k: JSONL of worked examples")
     p.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k: per answer")
     p.add_argument("--output", default=None, help="also write the results JSON here")
+    _add_mesh_args(p)
     p.set_defaults(handler=_eval)
 
     p = commands.add_parser("train", help="train (or resume) a run; objective from the config")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -14,52 +16,71 @@ from safetensors.numpy import save_file
 from llm_jax import checkpoint
 from llm_jax.convert.hf_config import hf_config_from_model
 from llm_jax.convert.hf_import import INDEX_FILE, SINGLE_FILE
-from llm_jax.convert.hf_weights import hf_from_params
+from llm_jax.convert.hf_weights import expected_hf_shapes, hf_tensors
 from llm_jax.data.tokenizer import HF_TOKENIZER_FILES, SENTENCEPIECE_FILE
 from llm_jax.data.tokenizer_training import export_hf
+from llm_jax.infer.host_arrays import is_main_process
+from llm_jax.infer.loading import restore_sharded
 
 MAX_SHARD_BYTES = 5 * 1024**3
 
 
-def _shards(tensors: dict[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
-    shards: list[dict[str, np.ndarray]] = [{}]
+def _shards(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
+    """Tensor names per safetensors file, in order, each file at most `max_bytes` (or one
+    tensor)."""
+    shards: list[list[str]] = [[]]
     size = 0
-    for name, array in tensors.items():
-        if shards[-1] and size + array.nbytes > max_bytes:
-            shards.append({})
+    for name, nbytes in sizes.items():
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
             size = 0
-        shards[-1][name] = array
-        size += array.nbytes
+        shards[-1].append(name)
+        size += nbytes
     return shards
 
 
 def write_hf_checkpoint(model_config, params, out: str | Path,
                         max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
-    """config.json plus safetensors (sharded with an index when over `max_shard_bytes`)."""
+    """config.json plus safetensors (sharded with an index when over `max_shard_bytes`).
+
+    Tensors are gathered to host memory one at a time (one file's worth at most is held), by
+    every process, as gathering is collective; only process 0 writes.
+    """
     out = Path(out)
     hf_config = hf_config_from_model(model_config)
-    tensors = hf_from_params(jax.device_get(params), model_config)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(hf_config, indent=2))
-    shards = _shards(tensors, max_shard_bytes)
-    if len(shards) == 1:
-        save_file(shards[0], out / SINGLE_FILE, metadata={"format": "pt"})
-        return out
-    weight_map = {}
-    for i, shard in enumerate(shards, start=1):
-        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, out / name, metadata={"format": "pt"})
-        weight_map.update({tensor: name for tensor in shard})
-    total = sum(a.nbytes for a in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    tensors = hf_tensors(params, model_config)
+    itemsize = np.dtype(jax.tree.leaves(params)[0].dtype).itemsize
+    sizes = {name: math.prod(shape) * itemsize
+             for name, shape in expected_hf_shapes(model_config).items()}
+    sizes = {name: sizes[name] for name in tensors}
+    writer = is_main_process()
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(hf_config, indent=2))
+    shards = _shards(sizes, max_shard_bytes)
+    files = ([SINGLE_FILE] if len(shards) == 1 else
+             [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
+    for file, names in zip(files, shards):
+        arrays = {name: tensors[name]() for name in names}
+        if writer:
+            save_file(arrays, out / file, metadata={"format": "pt"})
+        del arrays
+    if writer and len(shards) > 1:
+        weight_map = {name: file for file, names in zip(files, shards) for name in names}
+        index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+        (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
     return out
 
 
-def export_hf_checkpoint(checkpoint_dir: str | Path, out: str | Path) -> Path:
-    config, params = checkpoint.restore_params(checkpoint_dir)
+def export_hf_checkpoint(checkpoint_dir: str | Path, out: str | Path,
+                         mesh_overrides: Sequence[str] = ()) -> Path:
+    """The parameters are restored in their shards over the `mesh.*` settings' mesh (default:
+    fsdp over all devices), so a model larger than one device or host exports too."""
+    config, params, _ = restore_sharded(checkpoint_dir, mesh_overrides)
     out = write_hf_checkpoint(config.model, params, out)
-    tokenizer_dir = checkpoint.tokenizer_dir(checkpoint_dir)
+    tokenizer_dir = checkpoint.tokenizer_dir(checkpoint_dir)  # every process: Orbax syncs them
+    if not is_main_process():
+        return out
     files = [tokenizer_dir / name for name in HF_TOKENIZER_FILES if (tokenizer_dir / name).is_file()]
     with tempfile.TemporaryDirectory() as tmp:
         if files == [tokenizer_dir / SENTENCEPIECE_FILE]:  # ours: as transformers' LlamaTokenizer

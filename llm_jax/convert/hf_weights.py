@@ -12,6 +12,7 @@ import numpy as np
 
 from llm_jax.config import ModelConfig
 from llm_jax.errors import UserError
+from llm_jax.infer.host_arrays import layer_to_host, to_host
 
 TensorGetter = Callable[[str], np.ndarray]
 
@@ -86,28 +87,35 @@ def params_from_hf(get: TensorGetter, cfg: ModelConfig, dtype=np.float32) -> dic
     return params
 
 
-def hf_from_params(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """The Hugging Face tensors (name -> [out, in] array) of our parameter pytree."""
+def hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, Callable[[], np.ndarray]]:
+    """For each Hugging Face tensor (name -> [out, in] array) of our parameter pytree, a
+    function that fetches it to host memory alone: a layer's slice is cut where the
+    parameters live (sharded, perhaps over several processes) and only that slice is gathered."""
     d = cfg.d_model
     blocks = params["layers"]["blocks"]
     per_layer = {
-        "q": lambda i: blocks["attn"]["q"][i].reshape(d, -1).T,
-        "k": lambda i: blocks["attn"]["k"][i].reshape(d, -1).T,
-        "v": lambda i: blocks["attn"]["v"][i].reshape(d, -1).T,
-        "o": lambda i: blocks["attn"]["o"][i].reshape(-1, d).T,
-        "gate": lambda i: blocks["mlp"]["gate"][i].T,
-        "up": lambda i: blocks["mlp"]["up"][i].T,
-        "down": lambda i: blocks["mlp"]["down"][i].T,
-        "attn_norm": lambda i: blocks["attn_norm"]["scale"][i],
-        "mlp_norm": lambda i: blocks["mlp_norm"]["scale"][i],
+        "q": (blocks["attn"]["q"], lambda w: w.reshape(d, -1).T),
+        "k": (blocks["attn"]["k"], lambda w: w.reshape(d, -1).T),
+        "v": (blocks["attn"]["v"], lambda w: w.reshape(d, -1).T),
+        "o": (blocks["attn"]["o"], lambda w: w.reshape(-1, d).T),
+        "gate": (blocks["mlp"]["gate"], lambda w: w.T),
+        "up": (blocks["mlp"]["up"], lambda w: w.T),
+        "down": (blocks["mlp"]["down"], lambda w: w.T),
+        "attn_norm": (blocks["attn_norm"]["scale"], lambda w: w),
+        "mlp_norm": (blocks["mlp_norm"]["scale"], lambda w: w),
     }
+
+    def fetch(value, layer: int | None = None, transform=lambda w: w):
+        return lambda: np.ascontiguousarray(
+            transform(to_host(value) if layer is None else layer_to_host(value, layer)))
+
     tensors = {
-        "model.embed_tokens.weight": params["embed"]["embedding"],
-        "model.norm.weight": params["final_norm"]["scale"],
+        "model.embed_tokens.weight": fetch(params["embed"]["embedding"]),
+        "model.norm.weight": fetch(params["final_norm"]["scale"]),
     }
     if not cfg.tie_embeddings:
-        tensors["lm_head.weight"] = params["lm_head"].T
+        tensors["lm_head.weight"] = fetch(params["lm_head"], transform=lambda w: w.T)
     for layer in range(cfg.num_layers):
         for key, name in _layer_tensor_names(layer).items():
-            tensors[name] = per_layer[key](layer)
-    return {name: np.ascontiguousarray(np.asarray(value)) for name, value in tensors.items()}
+            tensors[name] = fetch(per_layer[key][0], layer, per_layer[key][1])
+    return tensors

@@ -44,20 +44,24 @@ def document_tokens(tokenizer: Tokenizer, text: str) -> list[int]:
 
 @register_model("llm_jax", "llm-jax")
 class LlmJaxLM(LM):
-    """`--model_args checkpoint=DIR[,max_length=N,max_gen_toks=N,seed=S]`."""
+    """`--model_args checkpoint=DIR[,max_length=N,max_gen_toks=N,seed=S,mesh.fsdp=N,...]`:
+    `mesh.*` settings place the parameters as `llm-jax eval`'s do (default: fsdp over all
+    devices)."""
 
     def __init__(self, checkpoint: str, batch_size: int | str | None = 8,
                  max_length: int | None = None, max_gen_toks: int = 256, seed: int = 0,
-                 **_: Any):  # lm-eval also passes device and max_batch_size, unused here
+                 **settings: Any):  # lm-eval also passes device and max_batch_size, unused here
         super().__init__()
-        self.model = load_model(checkpoint)
+        mesh = [f"{key}={value}" for key, value in settings.items() if key.startswith("mesh.")]
+        self.model = load_model(checkpoint, mesh)
         self.tokenizer = self.model.tokenizer
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         self.max_length = int(max_length or self.model.config.model.max_seq_len)
         self.max_gen_toks = int(max_gen_toks)
         self.seed = int(seed)
         self.scorer = Scorer(self.model.config.model, self.model.params,
-                             batch_size=self.batch_size, max_length=self.max_length)
+                             batch_size=self.batch_size, max_length=self.max_length,
+                             placement=self.model.placement)
         self.generator = self.model.generator()
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:

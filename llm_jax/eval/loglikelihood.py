@@ -17,7 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm_jax.config import ModelConfig
+from llm_jax.infer.host_arrays import global_batch, to_host
+from llm_jax.infer.placement import Placement
 from llm_jax.model import Transformer
+from llm_jax.parallel.sharding import sharding_context
 
 Request = tuple[Sequence[int], Sequence[int]]  # (context, continuation) token ids
 
@@ -36,12 +39,17 @@ def _bucket(length: int, smallest: int, largest: int) -> int:
 
 
 class Scorer:
-    """Scores requests with one model; `max_length` defaults to the model's context."""
+    """Scores requests with one model; `max_length` defaults to the model's context. With a
+    `placement` (the mesh the params are sharded on) batches are split over its data-parallel
+    axes, padded to a multiple of them."""
 
     def __init__(self, config: ModelConfig, params: Any, batch_size: int = 8,
-                 max_length: int | None = None, min_bucket: int = 32):
+                 max_length: int | None = None, min_bucket: int = 32,
+                 placement: Placement | None = None):
         self.config, self.params = config, params
-        self.batch_size = batch_size
+        self.placement = placement
+        self.rows = batch_size if placement is None else (
+            -(-batch_size // placement.batch_multiple) * placement.batch_multiple)
         self.max_length = max_length or config.max_seq_len
         self.min_bucket = min(min_bucket, self.max_length)
         model = Transformer(config)
@@ -53,6 +61,14 @@ class Scorer:
             return picked, jnp.argmax(logits, axis=-1) == targets
 
         self._token_scores = jax.jit(token_scores)
+
+    def _scores(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        if self.placement is None:
+            return self._token_scores(self.params, inputs, targets)
+        rows = self.placement.rows
+        with sharding_context(self.placement.mesh, self.placement.rules):
+            return self._token_scores(self.params, global_batch(inputs, rows),
+                                      global_batch(targets, rows))
 
     def score(self, requests: Sequence[Request]) -> list[Score]:
         """One `Score` per request, in the order given."""
@@ -66,16 +82,15 @@ class Scorer:
             rows.append((whole[:-1], whole[1:], min(len(continuation), len(whole) - 1)))
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
         results: list[Score | None] = [None] * len(rows)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
+        for start in range(0, len(order), self.rows):
+            batch = order[start:start + self.rows]
             width = _bucket(len(rows[batch[0]][0]), self.min_bucket, self.max_length)
-            inputs = np.zeros((self.batch_size, width), np.int32)
-            targets = np.zeros((self.batch_size, width), np.int32)
+            inputs = np.zeros((self.rows, width), np.int32)
+            targets = np.zeros((self.rows, width), np.int32)
             for slot, i in enumerate(batch):
                 inp, tgt, _ = rows[i]
                 inputs[slot, :len(inp)], targets[slot, :len(tgt)] = inp, tgt
-            picked, greedy = (np.asarray(a) for a in
-                              self._token_scores(self.params, inputs, targets))
+            picked, greedy = (to_host(a) for a in self._scores(inputs, targets))
             for slot, i in enumerate(batch):
                 length, scored = len(rows[i][0]), rows[i][2]
                 span = slice(length - scored, length)

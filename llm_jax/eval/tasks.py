@@ -17,6 +17,7 @@ from llm_jax.eval.documents import read_documents
 from llm_jax.eval.loglikelihood import Scorer
 from llm_jax.eval.multiple_choice import evaluate_multiple_choice, load_choice_examples
 from llm_jax.eval.perplexity import evaluate_perplexity
+from llm_jax.infer.host_arrays import is_main_process
 from llm_jax.infer.loading import LoadedModel
 
 T = TypeVar("T")
@@ -43,7 +44,8 @@ def _require_data(task: str, options: EvalOptions) -> tuple[str, ...]:
 
 
 def _scorer(model: LoadedModel, options: EvalOptions) -> Scorer:
-    return Scorer(model.config.model, model.params, batch_size=options.batch_size)
+    return Scorer(model.config.model, model.params, batch_size=options.batch_size,
+                  placement=model.placement)
 
 
 def _read(what: str, specs: tuple[str, ...],
@@ -51,7 +53,7 @@ def _read(what: str, specs: tuple[str, ...],
     """`load(spec, problems)` of every spec, then one line on stderr about what was skipped."""
     problems = ReadProblems()
     items = [item for spec in specs for item in load(spec, problems)]
-    if problems.skipped:
+    if problems.skipped and is_main_process():
         print(f"{what}: {problems.describe()}", file=sys.stderr)
     return items
 

@@ -20,12 +20,15 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from llm_jax.config import ModelConfig
 from llm_jax.errors import UserError
+from llm_jax.infer.host_arrays import global_batch, to_host
+from llm_jax.infer.placement import Placement
 from llm_jax.infer.sampling import SamplingOptions, sample_tokens
 from llm_jax.model import Transformer
-from llm_jax.model.kv_cache import KVCache, init_cache
+from llm_jax.model.kv_cache import KVCache, cache_shardings, init_cache
 
 StopCheck = Callable[[int, list[int]], bool]  # (row, tokens generated so far) -> stop now?
 
@@ -59,14 +62,18 @@ class Generator:
                  rules: Any = None):
         self.config = config
         self.params = params
-        self.eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
+        self.eos = np.asarray(list(eos_ids) or [-1], np.int32)
         self.pad_id = pad_id
         self.length_bucket = length_bucket
         self.mesh, self.rules = mesh, rules
+        self.placement = None if mesh is None else Placement(mesh, rules)
         model = Transformer(config)
 
-        def prefill(params, tokens, positions, segments, lengths, active, knobs, key, eos,
+        def prefill(params, tokens, positions, segments, lengths, active, knobs, seed, eos,
                     new_slots):
+            # Made inside, as a key made outside lives on one device; raw key data, as a state
+            # holding a typed key misses jit's fast dispatch cache.
+            key = jax.random.PRNGKey(seed)
             batch, prompt_len = tokens.shape
             cache = init_cache(config, batch, prompt_len + new_slots)
             logits, cache = model.apply({"params": params}, tokens, positions, segments,
@@ -99,8 +106,26 @@ class Generator:
 
             return jax.lax.while_loop(unfinished, one_token, state)
 
-        self._prefill = jax.jit(prefill, static_argnames="new_slots")
-        self._decode = jax.jit(decode, donate_argnums=1)
+        # The state keeps one sharding from prefill on, so the decode loop compiles once.
+        state = self._state_shardings()
+        self._prefill = jax.jit(prefill, static_argnames="new_slots", out_shardings=state)
+        self._decode = jax.jit(decode, donate_argnums=1, out_shardings=state)
+
+    def _replicated(self, value: np.ndarray) -> jax.Array:
+        """A small input, the same on every device (global when several processes run)."""
+        sharding = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
+        return global_batch(np.asarray(value), sharding)
+
+    def _state_shardings(self) -> DecodeState | None:
+        """Where the decode state lives: the cache as the attention activations, the rows'
+        tokens and counters split as the batch is, the step and key on every device."""
+        if self.placement is None:
+            return None
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        values = self.placement.row_values
+        return DecodeState(
+            cache=cache_shardings(self.mesh, self.rules), tokens=self.placement.rows,
+            generated=values, positions=values, done=values, step=replicated, key=replicated)
 
     def _context(self):
         if self.mesh is None:
@@ -141,6 +166,8 @@ class Generator:
         prompt_len = round_up(longest, self.length_bucket)
         new_slots = round_up(max_new, self.length_bucket)
         batch = _next_power_of_two(len(prompts))
+        if self.placement is not None:
+            batch = round_up(batch, self.placement.batch_multiple)
         rows = list(prompts) + [prompts[0]] * (batch - len(prompts))
         tokens = np.full((batch, prompt_len), self.pad_id, np.int32)
         segments = np.zeros((batch, prompt_len), np.int32)
@@ -152,30 +179,36 @@ class Generator:
             segments[i, start:] = 1
             positions[i, start:] = np.arange(len(row))
         active = np.arange(batch) < len(prompts)
-        knobs = (jnp.float32(options.temperature), jnp.int32(options.top_k),
-                 jnp.float32(options.top_p))
-        key = jax.random.key(options.seed)
+        knobs = (self._replicated(np.float32(options.temperature)),
+                 self._replicated(np.int32(options.top_k)),
+                 self._replicated(np.float32(options.top_p)))
+        eos = self._replicated(self.eos)
+        rows, values = ((None, None) if self.placement is None else
+                        (self.placement.rows, self.placement.row_values))
+        tokens, positions, segments = (global_batch(a, rows) for a in (tokens, positions, segments))
+        lengths, active = global_batch(lengths, values), global_batch(active, values)
 
         with self._context():
             state = self._prefill(params, tokens, positions, segments, lengths, active,
-                                  knobs, key, self.eos, new_slots=new_slots)
+                                  knobs, self._replicated(np.uint32(options.seed)), eos,
+                                  new_slots=new_slots)
             chunk = check_every if should_stop else max_new
             while True:
-                done = np.asarray(state.done)
-                step = int(state.step)
+                done = to_host(state.done)
+                step = int(to_host(state.step))
                 if should_stop is not None:
-                    host_tokens, generated = np.asarray(state.tokens), np.asarray(state.generated)
+                    host_tokens, generated = to_host(state.tokens), to_host(state.generated)
                     stopped = [i for i in range(len(prompts)) if not done[i]
                                and should_stop(i, host_tokens[i, :generated[i]].tolist())]
                     if stopped:
                         done = done.copy()
                         done[stopped] = True
-                        state = state.replace(done=jnp.asarray(done))
+                        state = state.replace(done=global_batch(done, values))
                 if step >= max_new or done.all():
                     break
-                state = self._decode(params, state, knobs, self.eos,
-                                     jnp.int32(min(step + chunk, max_new)))
-        host_tokens, generated = np.asarray(state.tokens), np.asarray(state.generated)
+                state = self._decode(params, state, knobs, eos,
+                                     self._replicated(np.int32(min(step + chunk, max_new))))
+        host_tokens, generated = to_host(state.tokens), to_host(state.generated)
         return [host_tokens[i, :generated[i]].tolist() for i in range(len(prompts))]
 
     def compiled_counts(self) -> tuple[int, int]:
