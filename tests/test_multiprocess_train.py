@@ -1,7 +1,7 @@
 """Training on several real processes (simulated hosts joined by `jax.distributed`) sees the
-global batches of one process: pretraining logs the losses of 1 process x 8 devices on 2 x 4,
-and a run written by 2 x 4 resumes on 1 x 8 and on 4 x 2 with the data continuing where it
-stopped."""
+global batches of one process: pretraining, DPO (reference model) and the reward model
+log the losses of 1 process x 8 devices on 2 x 4, and a run written by 2 x 4 resumes on 1 x 8
+and on 4 x 2 with the data continuing where it stopped."""
 
 import io
 import json
@@ -60,8 +60,6 @@ def inputs(tmp_path_factory):
     return {
         "corpus": [f"data.curated_dir={root / 'curated'}", f"tokenizer.path={tokenizer}",
                    "data.eval_fraction=0.1"],
-        "sft": write_jsonl(root / "sft.jsonl", ({"prompt": w, "completion": w[::-1]}
-                                                for w in vocabulary[:200])),
         "pairs": write_jsonl(root / "pairs.jsonl", ({"prompt": w, "chosen": w[::-1],
                                                      "rejected": near_miss(w)}
                                                     for w in vocabulary[:200])),
@@ -101,3 +99,23 @@ def test_a_two_process_run_resumes_on_another_process_count(pretraining, inputs,
         "eval.steps=2")
     assert_same_metrics(records(resumed), records(pretraining["2x4"]),
                         keys=("loss", "eval_loss"))
+
+
+POST = {
+    "dpo-model": ["train.objective=dpo", "dpo.reference=model", "post.data={pairs}"],
+    "reward": ["train.objective=reward", "post.data={reward_pairs}"],
+}
+
+
+@pytest.mark.parametrize("objective", sorted(POST))
+def test_post_training_on_two_processes_logs_the_losses_of_one(inputs, objective,
+                                                              tmp_path):
+    overrides = [o.format(**inputs) for o in POST[objective]]
+    got = {}
+    for layout in ("2x4", "1x8"):
+        run_dir = tmp_path / layout
+        run(layout, run_dir, f"train.init_from={inputs['base']}", "train.steps=3",
+            "post.eval_fraction=0.1", "eval.every=3", "eval.steps=2", *overrides)
+        got[layout] = records(run_dir)
+    assert [r["step"] for r in got["2x4"]] == [1, 2, 3]
+    assert_same_metrics(got["2x4"], got["1x8"], keys=("loss", "eval_loss"))
