@@ -12,9 +12,9 @@ from llm_jax.config import load_config
 from llm_jax.train.loop import train
 from llm_jax.train.metrics import read_metrics
 from llm_jax.train.post_data import training_data
-from post_training_factory import (MODEL, base_checkpoint, exact_match, near_miss,
-                                   prefers_correct, run_cli, train_args, words,
-                                   write_jsonl, wrong_last_letter)
+from post_training_factory import (MODEL, base_checkpoint, exact_match, letter_accuracy,
+                                   near_miss, prefers_correct, reversal_prompts, run_cli,
+                                   train_args, words, write_jsonl, wrong_last_letter)
 
 COMMON = ["optimizer.schedule=constant", "optimizer.weight_decay=0", "train.batch_size=16",
           "checkpoint.every=1000", "eval.every=0"]
@@ -22,7 +22,7 @@ SFT = ["train.objective=sft", "optimizer.lr=3e-3", "optimizer.warmup_steps=20", 
 DPO = ["train.objective=dpo", "optimizer.lr=1e-3", "optimizer.warmup_steps=5", *COMMON]
 PPO = ["train.objective=ppo", "ppo.reward=post_training_factory:letter_accuracy",
        "ppo.max_new_tokens=8", "ppo.minibatches=2", "ppo.epochs=2", "ppo.kl_coef=0.02",
-       "optimizer.lr=3e-4", "optimizer.warmup_steps=2", "eval.steps=1", *COMMON]
+       "optimizer.lr=1.5e-4", "optimizer.warmup_steps=2", "eval.steps=1", *COMMON]
 REWARD = ["train.objective=reward", "optimizer.lr=1e-3", "optimizer.warmup_steps=5", *COMMON]
 
 
@@ -108,18 +108,45 @@ def test_dpo_makes_the_policy_prefer_right_answers(task, sft_run):
     assert_same_losses(losses(single), losses(run), 7)
 
 
+def sampled_reward(checkpoint_dir, held_out, seeds=(0, 1)) -> float:
+    """Mean reward of replies to held-out words, sampled as PPO's rollouts are (temperature 1):
+    400 samples, where a rollout has 32: too few for its mean score to show a gain."""
+    from llm_jax.data.chat_format import make_template
+    from llm_jax.infer.generator import Generator
+    from llm_jax.infer.loading import load_model
+    from llm_jax.infer.sampling import SamplingOptions
+
+    model = load_model(checkpoint_dir)
+    template = make_template("chatml", model.tokenizer)
+    generator = Generator(model.config.model, model.params, eos_ids=template.stop_ids,
+                          pad_id=model.tokenizer.pad_id, length_bucket=32)
+    prompts = reversal_prompts(template, held_out)
+    answers = [{"answer": w[::-1]} for w in held_out]
+    scores = []
+    for seed in seeds:
+        options = SamplingOptions(max_new_tokens=8, temperature=1.0, seed=seed)
+        replies = [model.tokenizer.decode([t for t in reply if t not in template.stop_ids])
+                   for reply in generator.generate(prompts, options)]
+        scores += letter_accuracy(held_out, replies, answers)
+    return float(np.mean(scores))
+
+
+# Held-out reward from SFT step 150: 0.820; after these 48 steps, over seeds 0-4: 0.865, 0.883,
+# 0.880, 0.884, 0.891 (gain +0.045 to +0.071), max KL 0.6-1.5. From SFT step 100 the gains were
+# +0.007 to +0.022, and at optimizer.lr=3e-4 the reward fell for 4 seeds in 5 (KL up to 4.2).
+# Broken PPO fails: optimizer.lr=1e-9 gains exactly 0 (while the rollouts' own scores still
+# "rose" by +0.04 from the first rollout to the last two: sampling noise), and with the
+# advantages' sign flipped the reward falls to 0.15.
 def test_ppo_raises_the_reward_with_bounded_kl(task, sft_run, tmp_path):
-    root, _, files, _ = task
-    start = sft_run / "checkpoints" / "100"
+    root, _, files, held_out = task
+    start = sft_run / "checkpoints" / "150"
     run = root / "ppo"
     run_cli(train_args(run, f"train.init_from={start}", f"post.data={files['prompts']}",
                        "train.steps=48", *PPO), devices=1)
+    assert sampled_reward(run, held_out) > sampled_reward(start, held_out) + 0.02
     records = read_metrics(run)
-    score = [r["score"] for r in records]
-    first, last = np.mean(score[:4]), np.mean(score[-8:])  # a rollout serves 4 updates
-    assert last > first + 0.04, score
     assert records[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as the reference
-    assert max(r["kl"] for r in records) < 3.0
+    assert max(r["kl"] for r in records) < 2.0
     assert all(np.isfinite(r["value_loss"]) and 0 <= r["clipfrac"] <= 1 for r in records)
 
     eight = train_on_8_devices(tmp_path, f"train.init_from={start}",

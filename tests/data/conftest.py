@@ -1,4 +1,4 @@
-"""Fixtures for the data tests: real text from tests/fixtures, small corpora built once a session."""
+"""Fixtures for the data tests: real text from tests/fixtures, and corpora built once a session."""
 
 from __future__ import annotations
 
