@@ -16,26 +16,27 @@ from llm_jax.data.tokenizer import HFTokenizer
 from llm_jax.train.data import TrainingData
 from llm_jax.train.metrics import read_metrics
 
-SMALL = ["data.seq_len=32", "train.batch_size=8", "train.log_every=1", "eval.every=0",
-         "eval.steps=1", "checkpoint.async_save=false", "optimizer.warmup_steps=2"]
+SMALL = ["data.seq_len=32", "data.shards=1", "train.batch_size=8", "train.log_every=1",
+         "eval.every=0", "eval.steps=1", "checkpoint.async_save=false", "optimizer.warmup_steps=2"]
 OWN_MODEL = ["model.vocab_size=96", "model.d_model=32", "model.num_layers=2", "model.num_heads=4",
              "model.num_kv_heads=2", "model.mlp_dim=64", "model.max_seq_len=64"]
 
 
-def _word_corpus(path: Path, documents: int = 60) -> Path:
-    """Documents of the word tokenizer's words in repeating patterns (learnable in steps)."""
+def _word_corpus(folder: Path, documents: int = 60) -> str:
+    """Documents (one file each) of the word tokenizer's words in repeating patterns, learnable
+    in a few steps; returns their glob."""
     rng = np.random.default_rng(0)
     words = WORDS[3:]
-    lines = []
-    for _ in range(documents):
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(documents):
         start = int(rng.integers(len(words)))
-        lines.append(" ".join(words[(start + k) % 12] for k in range(80)))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        text = " ".join(words[(start + i) % 12] for i in range(80))
+        (folder / f"{k:03d}.txt").write_text(text + "\n")
+    return str(folder / "*.txt")
 
 
-def _curated(root: Path, source: Path) -> str:
-    """A pass-through curation of `source` (one document per line)."""
+def _curated(root: Path, source: str) -> str:
+    """A pass-through curation of the files `source` names (one document each)."""
     config = load_config("tiny", [f"run_dir={root}", f"data.source={source}",
                                   "curate.prose_steps=", "curate.code_steps=", "curate.tasks=1"])
     curate(config, progress=False)
@@ -46,7 +47,7 @@ def _curated(root: Path, source: Path) -> str:
 def imported(tmp_path_factory):
     root = tmp_path_factory.mktemp("imported")
     ours, _ = imported_checkpoint(root)
-    return ours, _curated(root / "corpus", _word_corpus(root / "words.txt"))
+    return ours, _curated(root / "corpus", _word_corpus(root / "words"))
 
 
 def test_pretraining_reads_an_imported_models_tokenizer_json(imported, tmp_path):
@@ -81,10 +82,12 @@ def test_continued_pretraining_of_an_imported_checkpoint(imported, tmp_path):
 @pytest.fixture(scope="module")
 def own_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("own")
-    text = root / "text.txt"
-    text.write_text("\n".join(f"The {k}th quick brown fox jumps over the lazy dog again. " * 6
-                              for k in range(60)) + "\n")
-    return root, _curated(root / "corpus", text)
+    texts = root / "texts"
+    texts.mkdir()
+    for k in range(60):
+        (texts / f"{k:03d}.txt").write_text(
+            f"The {k}th quick brown fox jumps over the lazy dog again. " * 6 + "\n")
+    return root, _curated(root / "corpus", str(texts / "*.txt"))
 
 
 def test_a_run_inside_the_tokenizers_folder_copies_only_the_tokenizer(own_corpus):
