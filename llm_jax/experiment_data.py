@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from llm_jax.config import Config, load_config
 from llm_jax.train.metrics import read_metrics
 
-if TYPE_CHECKING:
-    from llm_jax.experiment import Experiment
+
+class Experiment(Protocol):
+    """What shared data reads of an `llm_jax.experiment.Experiment` (which imports this module)."""
+
+    base: str  # preset name
+    scales: dict[str, tuple[str, ...]]
 
 
 class SharedData(Protocol):
