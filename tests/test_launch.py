@@ -29,9 +29,9 @@ def test_processes_join_one_runtime_and_sum_across_hosts(tmp_path):
     port = free_port()
     env = [process_env(i, 2, 4, port, base=dict(os.environ)) for i in range(2)]
     children = [subprocess.Popen([sys.executable, str(script)], env=e, cwd=ROOT, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for e in env]
-    outputs = [child.communicate(timeout=120)[0] for child in children]
-    results = sorted(line.split()[1:] for out in outputs for line in out.splitlines()
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for e in env]
+    outputs = [child.communicate(timeout=120) for child in children]
+    results = sorted(line.split()[1:] for out, _ in outputs for line in out.splitlines()
                      if line.startswith("RESULT"))
     assert results == [["0", "2", "8", "12.0"], ["1", "2", "8", "12.0"]], outputs
 

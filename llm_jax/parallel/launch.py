@@ -33,7 +33,7 @@ def process_env(index: int, processes: int, devices: int, port: int,
     flags = [f for f in env.get("XLA_FLAGS", "").split()
              if not f.startswith("--xla_force_host_platform_device_count")]
     env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(processes),
-               JAX_PROCESS_ID=str(index), JAX_PLATFORMS="cpu",
+               JAX_PROCESS_ID=str(index), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
                XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]))
     return env
 
@@ -57,10 +57,12 @@ def launch(argv: Sequence[str], processes: int, devices: int, timeout: float | N
     port, lock = free_port(), threading.Lock()
     children = [subprocess.Popen([sys.executable, "-m", "llm_jax", *argv],
                                  env=process_env(i, processes, devices, port),
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for i in range(processes)]
-    relays = [threading.Thread(target=_relay, args=(i, child.stdout, out, lock), daemon=True)
-              for i, child in enumerate(children)]
+    # One relay per stream: a pipe shared by stdout and stderr (libraries write to the latter
+    # from C++) would splice their lines together mid-line.
+    relays = [threading.Thread(target=_relay, args=(i, stream, out, lock), daemon=True)
+              for i, child in enumerate(children) for stream in (child.stdout, child.stderr)]
     for relay in relays:
         relay.start()
     deadline = None if timeout is None else time.monotonic() + timeout
