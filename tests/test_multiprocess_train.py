@@ -1,7 +1,8 @@
 """Training on several real processes (simulated hosts joined by `jax.distributed`) sees the
-global batches of one process: pretraining, DPO (reference model) and the reward model
-log the losses of 1 process x 8 devices on 2 x 4, and a run written by 2 x 4 resumes on 1 x 8
-and on 4 x 2 with the data continuing where it stopped."""
+global batches of one process: pretraining, SFT, DPO (reference model and precomputed), the
+reward model, PPO and GRPO (rollouts sampled on the global mesh) log the losses and held-out
+metrics of 1 process x 8 devices on 2 x 4, and a run written by 2 x 4 resumes on 1 x 8 and
+on 4 x 2 with the data continuing where it stopped."""
 
 import io
 import json
@@ -63,6 +64,10 @@ def inputs(tmp_path_factory):
         "pairs": write_jsonl(root / "pairs.jsonl", ({"prompt": w, "chosen": w[::-1],
                                                      "rejected": near_miss(w)}
                                                     for w in vocabulary[:200])),
+        "sft": write_jsonl(root / "sft.jsonl", ({"prompt": w, "completion": w[::-1]}
+                                                for w in vocabulary[:200])),
+        "prompts": write_jsonl(root / "prompts.jsonl", ({"prompt": w, "answer": w[::-1]}
+                                                        for w in vocabulary[:200])),
         "reward_pairs": write_jsonl(root / "reward.jsonl", (
             {"prompt": w, "chosen": w[::-1], "rejected": wrong_last_letter(w)}
             for w in vocabulary[:200])),
@@ -101,16 +106,30 @@ def test_a_two_process_run_resumes_on_another_process_count(pretraining, inputs,
                         keys=("loss", "eval_loss"))
 
 
+ROLLOUTS = ["ppo.reward=post_training_factory:letter_accuracy", "post.data={prompts}",
+            "ppo.max_new_tokens=8", "ppo.minibatches=2", "ppo.epochs=2"]
+# objective -> (settings, metrics that must match 1 x 8). SFT's eval packs another number of
+# batches on each process (eval.steps=0: the whole held-out pass); PPO's held-out metric is
+# the score of greedy replies sampled on the global mesh.
 POST = {
-    "dpo-model": ["train.objective=dpo", "dpo.reference=model", "post.data={pairs}"],
-    "reward": ["train.objective=reward", "post.data={reward_pairs}"],
+    "sft": (["train.objective=sft", "post.data={sft}", "eval.steps=0"], ("loss", "eval_loss")),
+    "dpo-model": (["train.objective=dpo", "dpo.reference=model", "post.data={pairs}"],
+                  ("loss", "eval_loss")),
+    "dpo-precomputed": (["train.objective=dpo", "dpo.reference=precomputed",
+                         "post.data={pairs}"], ("loss", "eval_loss")),
+    "reward": (["train.objective=reward", "post.data={reward_pairs}"], ("loss", "eval_loss")),
+    "ppo": (["train.objective=ppo", *ROLLOUTS], ("loss", "score", "kl", "eval_score")),
+    "grpo": (["train.objective=ppo", "ppo.algorithm=grpo", "ppo.group_size=2", *ROLLOUTS],
+             ("loss", "score", "eval_score")),
 }
 
 
 @pytest.mark.parametrize("objective", sorted(POST))
-def test_post_training_on_two_processes_logs_the_losses_of_one(inputs, objective,
-                                                              tmp_path):
-    overrides = [o.format(**inputs) for o in POST[objective]]
+def test_post_training_on_two_processes_logs_the_losses_of_one(inputs, objective, tmp_path,
+                                                              monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the PPO reward's module
+    settings, keys = POST[objective]
+    overrides = [o.format(**inputs) for o in settings]
     got = {}
     for layout in ("2x4", "1x8"):
         run_dir = tmp_path / layout
@@ -118,4 +137,4 @@ def test_post_training_on_two_processes_logs_the_losses_of_one(inputs, objective
             "post.eval_fraction=0.1", "eval.every=3", "eval.steps=2", *overrides)
         got[layout] = records(run_dir)
     assert [r["step"] for r in got["2x4"]] == [1, 2, 3]
-    assert_same_metrics(got["2x4"], got["1x8"], keys=("loss", "eval_loss"))
+    assert_same_metrics(got["2x4"], got["1x8"], keys=keys)

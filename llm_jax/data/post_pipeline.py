@@ -72,17 +72,6 @@ def shard_split(count: int, eval_fraction: float, split: str, shards: int, batch
     return {j: chosen[j::shards] for j in mine}
 
 
-def host_split(count: int, eval_fraction: float, split: str, process_index: int,
-               process_count: int, shards: int | None = None, batch_size: int | None = None
-               ) -> np.ndarray:
-    """Every index of a split that this process reads, in its shards' order (`shards`
-    defaults to one per process)."""
-    shards = shards or process_count
-    parts = shard_split(count, eval_fraction, split, shards, batch_size or shards,
-                        process_index, process_count)
-    return np.concatenate(list(parts.values()))
-
-
 @dataclasses.dataclass(frozen=True)
 class _PadBatch:
     """Pads a short final eval batch with rows that carry no loss (all fields zero but ids)."""

@@ -31,6 +31,13 @@ def to_host(value) -> np.ndarray:
     return np.asarray(value)
 
 
+def every_process_rows(local: np.ndarray) -> np.ndarray:
+    """Every process's `local` rows (the same shape on each), joined in process order."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))
+
+
 def layer_to_host(stacked, layer: int) -> np.ndarray:
     """One layer of a stacked [layers, ...] parameter, whole on every process: only that
     layer is gathered, however the stack is sharded."""

@@ -9,7 +9,6 @@ and exits cleanly, every process at the same step (`llm_jax.parallel.preemption`
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from llm_jax.errors import UserError
 from llm_jax.model.pipeline import bubble_fraction
 from llm_jax.parallel.agreement import check_processes_agree
 from llm_jax.parallel.distributed import initialize_distributed
+from llm_jax.parallel.lockstep import lockstep
 from llm_jax.parallel.mesh import make_mesh
 from llm_jax.parallel.preemption import Preemption
 from llm_jax.parallel.rules import axis_rules
@@ -34,6 +34,7 @@ from llm_jax.train.build import build_training
 from llm_jax.train.flops import flops_per_token, peak_flops_per_device
 from llm_jax.train.forward import make_forward
 from llm_jax.train.init_from import initialize_from
+from llm_jax.train.objective_eval import to_global
 from llm_jax.train.losses import cross_entropy_sums
 from llm_jax.train.metrics import MetricsLogger
 
@@ -47,18 +48,12 @@ class TrainResult:
     preempted: bool
 
 
-def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-    """Each process contributes its own rows of the global batch."""
-    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-            for name, value in local.items()}
-
-
 def evaluate(eval_step, state, batches: Iterator[dict], sharding, steps: int) -> dict[str, float]:
     """Mean next-token loss over `steps` held-out batches (0: all), and bits per byte. Every
     sum is taken over the global batch, so each host reports the same numbers."""
     nll, tokens, num_bytes = 0.0, 0.0, 0.0
-    for batch in itertools.islice(batches, steps or None):  # 0: the whole pass
-        sums = jax.device_get(eval_step(state.params, _global_batch(batch, sharding)))
+    for batch in lockstep(batches, steps):
+        sums = jax.device_get(eval_step(state.params, to_global(batch, sharding)))
         nll, tokens, num_bytes = (total + float(x) for total, x in
                                   zip((nll, tokens, num_bytes), sums))
     if not tokens:
@@ -153,7 +148,7 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
             if profile and step == profile[0]:
                 jax.profiler.start_trace(str(run_dir / "profile"))
             local = next(train_batches)
-            batch = device_batch(state, local) if device_batch else _global_batch(local, sharding)
+            batch = device_batch(state, local) if device_batch else to_global(local, sharding)
             state, metrics = step_fn(state, batch)
             window_steps += 1
             done = step + 1

@@ -4,12 +4,12 @@ divided once, exactly as the train step averages them, without updating anything
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
 
+from llm_jax.parallel.lockstep import lockstep
 from llm_jax.parallel.sharding import sharding_context
 
 
@@ -30,7 +30,7 @@ def make_objective_eval(training: Any) -> Callable[[Any, Iterator[dict], int], d
 
     def evaluate(state, batches: Iterator[dict], steps: int) -> dict[str, float]:
         numerator, totals = 0.0, {}
-        for local in itertools.islice(batches, steps or None):  # 0: the whole pass
+        for local in lockstep(batches, steps):
             with sharding_context(training.mesh, training.rules):
                 num, sums = sums_of(state.params, state.reference,
                                     to_global(local, training.batch_sharding))

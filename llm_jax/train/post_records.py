@@ -46,7 +46,6 @@ class PostTrainingData:
         if config.train.batch_size % self.process_count:
             raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by "
                               f"the {self.process_count} hosts")
-        self.local_batch = config.train.batch_size // self.process_count
 
     def _read(self) -> None:
         """Encodes every record with `self._encode`, counting what is dropped, then checks."""

@@ -13,7 +13,7 @@ from llm_jax.data.preference import preference_pair
 from llm_jax.data.records import RecordError
 from llm_jax.train.objective_eval import make_objective_eval
 from llm_jax.train.post_records import PostTrainingData, with_system
-from llm_jax.train.reference_logprobs import reference_logprobs
+from llm_jax.train.reference_logprobs import REFERENCE_FILE, reference_logprobs
 
 
 class PreferenceData(PostTrainingData):
@@ -61,10 +61,9 @@ class PreferenceData(PostTrainingData):
     def attach(self, training: Any, state: Any) -> None:
         self._evaluate = make_objective_eval(training)
         if self.reference is not None:
-            path = Path(self.config.run_dir) / f"reference_logps.{self.process_index}.npz"
-            self.reference.update(reference_logprobs(
-                self.config, training, state, self.pairs, path, self.local_batch,
-                self.tokenizer.pad_id))
+            path = Path(self.config.run_dir) / REFERENCE_FILE
+            self.reference.update(reference_logprobs(self.config, training, state, self.pairs,
+                                                     path, self.tokenizer.pad_id))
 
     def evaluate(self, state: Any) -> dict[str, float]:
         return self._evaluate(state, self.eval_iterator(), self.config.eval.steps)

@@ -14,8 +14,8 @@ from llm_jax.data.instructions import prompt_messages
 from llm_jax.data.post_pipeline import prompt_index_batches
 from llm_jax.data.records import RecordError
 from llm_jax.errors import UserError
+from llm_jax.infer.host_arrays import every_process_rows, global_batch
 from llm_jax.train.experience import minibatch_rows
-from llm_jax.train.objective_eval import to_global
 from llm_jax.train.post_records import PostTrainingData, with_system
 from llm_jax.train.rewards import load_reward_function
 from llm_jax.train.rollout import Prompt, Rollouts, load_reward_model, rollout_seed
@@ -32,9 +32,9 @@ class PromptData(PostTrainingData):
         self.prompts: list[Prompt] = []
         self.rows_per_rollout = config.train.batch_size * cfg.minibatches
         group = cfg.group_size if cfg.algorithm == "grpo" else 1
-        if (self.rows_per_rollout // self.process_count) % group:
-            raise ConfigError(f"ppo.group_size={group} must divide the rollout rows of each host "
-                              f"(train.batch_size x ppo.minibatches / hosts)")
+        if self.rows_per_rollout % group:
+            raise ConfigError(f"ppo.group_size={group} must divide the rollout rows "
+                              f"(train.batch_size x ppo.minibatches = {self.rows_per_rollout})")
         self.group = group
         self.rollouts = None
         self._experience = None
@@ -87,22 +87,23 @@ class PromptData(PostTrainingData):
         return self.tokenizer.decode([i for i in ids if i < self.tokenizer.vocab_size])
 
     def device_batch(self, state: Any, local: dict[str, Any]) -> dict[str, jax.Array]:
-        """A new rollout when the schedule says so; then this update's rows of it."""
+        """A new rollout when the schedule says so (of every process's prompts); then this
+        update's rows of it."""
         cfg = self.config.ppo
         if "index" in local:
             self._rollout_step = int(jax.device_get(state.step))
-            indices = np.repeat(np.asarray(local["index"]), self.group)
+            indices = np.repeat(every_process_rows(np.asarray(local["index"])), self.group)
             rows = self.rollouts.sample(state.params, indices,
                                         rollout_seed(self.config.seed, self._rollout_step))
             self._experience = self.rollouts.experience(state, rows)
         elif self._experience is None:
             raise RuntimeError("a PPO update was asked for before any rollout")
-        rows = minibatch_rows(len(self._experience["tokens"]), self.local_batch,
+        rows = minibatch_rows(len(self._experience["tokens"]), self.config.train.batch_size,
                               int(local["update"]), cfg.minibatches, self.config.seed,
-                              self._rollout_step, self.process_index)
-        return to_global({name: value[rows] for name, value in self._experience.items()},
-                         self._batch_sharding)
+                              self._rollout_step)
+        return {name: global_batch(value[rows], self._batch_sharding)
+                for name, value in self._experience.items()}
 
     def evaluate(self, state: Any) -> dict[str, float]:
         return greedy_rollout_metrics(self.rollouts, state.params, self.eval_iterator(),
-                                      self.config.eval.steps, self.local_batch)
+                                      self.config.eval.steps)

@@ -13,13 +13,13 @@ One rollout:
    memory of one train step's forward), then rewards with the per-token KL penalty, GAE and
    whitened advantages (PPO) or group-normalized advantages (GRPO), over the whole rollout.
 
-The scored rows come back to the host (each process its own rows), and the train steps that
-follow each take `train.batch_size` rows of them, in a new random order every epoch, placed
-like any other batch. Rollouts are generated on each process from its own prompts, so they
-need a mesh within one host (every local test and single-host accelerator); the scoring pass is
-sharded like the train step. It returns one stacked array rather than one per field: several
-outputs of a program whose parameters are sharded over 8 simulated CPU devices can deadlock
-in XLA's CPU scheduler, one output cannot.
+Every process samples and scores the whole rollout on the global mesh (the prompts of every
+process, gathered in process order, which is the data shards' order), so each runs the same
+decode iterations and holds every scored row; the train steps that follow each take
+`train.batch_size` rows of them, in a new random order every epoch, placed like any other
+batch. The scoring pass is sharded like the train step. It returns one stacked array rather
+than one per field: several outputs of a program whose parameters are sharded over 8 simulated
+CPU devices can deadlock in XLA's CPU scheduler, one output cannot.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from llm_jax import checkpoint
 from llm_jax.config import Config
 from llm_jax.errors import UserError
 from llm_jax.infer.generator import Generator
+from llm_jax.infer.host_arrays import global_batch, to_host
 from llm_jax.infer.sampling import SamplingOptions
 from llm_jax.model.heads import init_train_params, last_token_index
 from llm_jax.model.microbatches import merge_microbatches, split_microbatches
@@ -44,7 +45,6 @@ from llm_jax.parallel.sharding import logical_to_shardings, sharding_context
 from llm_jax.train.advantages import gae, group_advantages, kl_rewards, whiten
 from llm_jax.train.forward import make_forward
 from llm_jax.train.logprobs import sequence_logprobs
-from llm_jax.train.objective_eval import to_global
 from llm_jax.train.ppo import forward_batch, policy_outputs
 from llm_jax.train.reward_model import sequence_scores
 from llm_jax.train.rewards import RewardFunction
@@ -104,7 +104,8 @@ class Rollouts:
 
     def sample(self, params: Any, indices: Sequence[int], seed: int,
                greedy: bool = False) -> dict[str, np.ndarray]:
-        """Local rows [n, T] of prompts + sampled responses, with programmatic scores."""
+        """Rows [n, T] of prompts + sampled responses, with programmatic scores; every
+        process passes the same `indices` and gets the same rows."""
         cfg, length = self.config.ppo, self.config.data.seq_len
         options = SamplingOptions(max_new_tokens=cfg.max_new_tokens,
                                   temperature=0.0 if greedy else cfg.temperature,
@@ -185,34 +186,30 @@ class Rollouts:
         return jnp.stack([fields[name] for name in SCORED_FIELDS], axis=1)  # [N, fields, T]
 
     def experience(self, state: Any, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """This process's rows of the scored rollout [n, T] (the contract in `ppo.py`)."""
-        batch = to_global(rows, self.training.batch_sharding)
+        """The scored rollout [n, T] (the contract in `ppo.py`), whole on every process."""
+        batch = self._placed(rows)
         rm_params = None if self.reward_model is None else self.reward_model.params
         chunks = max(1, batch["tokens"].shape[0] // self.config.train.batch_size)
         with sharding_context(self.training.mesh, self.training.rules):
             stacked = self._score(state.params, state.reference, rm_params, batch,
                                   chunks=chunks)
-        stacked = local_rows(stacked)
+        stacked = to_host(stacked)
         out = {name: rows[name] for name in ROW_FIELDS}
         out.update({name: stacked[:, i] for i, name in enumerate(SCORED_FIELDS)})
         return out
 
     def scores(self, rows: dict[str, np.ndarray]) -> np.ndarray:
-        """The score of each local row: programmatic ones as sampled, or the reward model's."""
+        """The score of each row: programmatic ones as sampled, or the reward model's."""
         if self.reward_model is None:
             return rows["scores"].sum(axis=1)
-        batch = to_global(rows, self.training.batch_sharding)
         with sharding_context(self.training.mesh, self.training.rules):
-            scored = self._rm_scores(self.reward_model.params, batch)
-        return local_rows(scored).sum(axis=1)
+            scored = self._rm_scores(self.reward_model.params, self._placed(rows))
+        return to_host(scored).sum(axis=1)
 
-
-def local_rows(array: jax.Array) -> np.ndarray:
-    """The rows of a batch-sharded global array that this process holds, in order."""
-    parts: dict[int, np.ndarray] = {}
-    for shard in array.addressable_shards:
-        parts.setdefault(shard.index[0].start or 0, np.asarray(shard.data))
-    return np.concatenate([parts[start] for start in sorted(parts)])
+    def _placed(self, rows: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Whole-rollout rows (the same on every process) split over the mesh like a batch."""
+        return {name: global_batch(value, self.training.batch_sharding)
+                for name, value in rows.items()}
 
 
 def rollout_seed(seed: int, step: int) -> int:
