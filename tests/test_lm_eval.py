@@ -30,6 +30,7 @@ from llm_jax.eval.tasks import EvalOptions, run_task  # noqa: E402
 from llm_jax.infer.completion import complete  # noqa: E402
 from llm_jax.infer.loading import load_model  # noqa: E402
 from llm_jax.infer.sampling import SamplingOptions  # noqa: E402
+from llm_jax.parallel.launch import free_port, process_env  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,6 +91,18 @@ def _jsonl(path: Path, rows) -> Path:
     return path
 
 
+def harness_env(root: Path) -> dict[str, str]:
+    return {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+            "HF_HOME": str(root / "hf_home"), "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+
+def harness_command(ckpt: Path, tasks: Path, names: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "llm_jax.eval.lm_eval_main", "--model", "llm_jax",
+            "--model_args", f"checkpoint={ckpt}", "--tasks", names, "--include_path", str(tasks),
+            "--batch_size", "4", "--output_path", str(out), "--log_samples"]
+
+
 @pytest.fixture(scope="module")
 def harness_run(tmp_path_factory):
     """One `lm_eval` command-line run over three local tasks; its results JSON and samples."""
@@ -102,20 +115,35 @@ def harness_run(tmp_path_factory):
                              ("llmjax_generate", QUESTIONS, GENERATE_BODY)]:
         data = _jsonl(root / f"{name}.jsonl", rows)
         (tasks / f"{name}.yaml").write_text(TASK_YAML.format(name=name, data=data, body=body))
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-           "HF_HOME": str(root / "hf_home"), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     out = root / "results"
-    command = [sys.executable, "-m", "llm_jax.eval.lm_eval_main", "--model", "llm_jax",
-               "--model_args", f"checkpoint={ckpt}", "--tasks",
-               "llmjax_mc,llmjax_rolling,llmjax_generate", "--include_path", str(tasks),
-               "--batch_size", "4", "--output_path", str(out), "--log_samples"]
-    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    command = harness_command(ckpt, tasks, "llmjax_mc,llmjax_rolling,llmjax_generate", out)
+    run = subprocess.run(command, cwd=REPO, env=harness_env(root), capture_output=True,
+                         text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     results_file = next(out.rglob("results_*.json"))
     samples = {path.name.split("_")[1] + "_" + path.name.split("_")[2]: path
                for path in out.rglob("samples_*.jsonl")}
     return ckpt, root, json.loads(results_file.read_text())["results"], samples
+
+
+def test_on_two_processes_the_results_are_printed_and_written_once(harness_run, tmp_path):
+    """Both processes score every request over one mesh of their 2 x 2 devices; process 0
+    alone prints the table and writes the results, which are one process's."""
+    ckpt, root, results, _ = harness_run
+    port, out = free_port(), tmp_path / "results"
+    command = harness_command(ckpt, root / "tasks", "llmjax_mc", out)
+    children = [subprocess.Popen(command, cwd=REPO, env=process_env(i, 2, 2, port,
+                                                                    base=harness_env(root)),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for i in range(2)]
+    outputs = [child.communicate(timeout=600) for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs[1][1][-3000:]
+    assert "llmjax_mc" in outputs[0][0] and "llmjax_mc" not in outputs[1][0]
+    written = list(out.rglob("results_*.json"))
+    assert len(written) == 1 and len(list(out.rglob("samples_*.jsonl"))) == 1
+    got = json.loads(written[0].read_text())["results"]["llmjax_mc"]
+    assert got["acc,none"] == pytest.approx(results["llmjax_mc"]["acc,none"])
+    assert got["acc_norm,none"] == pytest.approx(results["llmjax_mc"]["acc_norm,none"])
 
 
 @pytest.fixture(scope="module")
