@@ -1,6 +1,7 @@
 """Hugging Face Llama interop: our logits equal transformers' for imported and exported models."""
 
 import dataclasses
+import io
 import json
 
 import jax
@@ -14,9 +15,11 @@ transformers = pytest.importorskip("transformers")
 from llm_jax import checkpoint  # noqa: E402
 from llm_jax.cli import main  # noqa: E402
 from llm_jax.convert.hf_export import write_hf_checkpoint  # noqa: E402
-from llm_jax.convert.hf_import import read_hf_checkpoint  # noqa: E402
+from llm_jax.convert import hf_import  # noqa: E402
+from llm_jax.convert.hf_import import import_hf_checkpoint, read_hf_checkpoint  # noqa: E402
 from llm_jax.errors import UserError  # noqa: E402
 from llm_jax.model import Transformer  # noqa: E402
+from llm_jax.parallel.launch import launch  # noqa: E402
 
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                   "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
@@ -149,3 +152,51 @@ def test_export_refuses_models_transformers_cannot_compute(tmp_path):
     model_config, params = read_hf_checkpoint(_saved(tmp_path / "src", **CONFIGS["mha-tied"]))
     with pytest.raises(UserError, match="model.qk_norm=True has no Llama equivalent"):
         write_hf_checkpoint(dataclasses.replace(model_config, qk_norm=True), params, tmp_path / "x")
+
+
+@pytest.mark.parametrize("name, dtype", [("gqa-untied-theta-eps", torch.float32),
+                                         ("mha-tied", torch.bfloat16)])
+def test_streamed_import_restores_exactly_the_in_memory_mapping(tmp_path, name, dtype):
+    hf_model(**CONFIGS[name]).to(dtype).save_pretrained(tmp_path / "src")
+    model_config, in_memory = read_hf_checkpoint(tmp_path / "src")
+    import_hf_checkpoint(tmp_path / "src", tmp_path / "ours")
+    config, restored = checkpoint.restore_params(tmp_path / "ours")
+    assert config.model == model_config
+    assert checkpoint.resolve(tmp_path / "ours") == ((tmp_path / "ours").absolute(), 0)
+    assert jax.tree.structure(restored) == jax.tree.structure(in_memory)
+    jax.tree.map(lambda ours, expected: np.testing.assert_array_equal(np.asarray(ours), expected),
+                 restored, in_memory)
+
+
+def test_import_failing_mid_write_leaves_no_finished_step(tmp_path, monkeypatch):
+    src = _saved(tmp_path / "src", **CONFIGS["gqa-untied-theta-eps"])
+    real_reader = hf_import._reader
+
+    def failing_reader(files):
+        get = real_reader(files)
+
+        def fail_on_down(name, rows):
+            if name.endswith("mlp.down_proj.weight"):
+                raise OSError(f"cannot read {name}")
+            return get(name, rows)
+
+        return fail_on_down
+
+    monkeypatch.setattr(hf_import, "_reader", failing_reader)
+    with pytest.raises(Exception, match="cannot read model.layers.0.mlp.down_proj.weight"):
+        import_hf_checkpoint(src, tmp_path / "out")
+    assert not (tmp_path / "out" / "checkpoints" / "0").exists()
+    with pytest.raises(UserError, match="holds no finished checkpoint step"):
+        checkpoint.resolve(tmp_path / "out")
+
+
+def test_import_on_two_processes_writes_once_and_restores_exactly(tmp_path):
+    src = _saved(tmp_path / "src", **CONFIGS["gqa-untied-theta-eps"])
+    out = io.StringIO()
+    assert launch(["import-hf", "--hf-dir", str(src), "--out", str(tmp_path / "ours")],
+                  processes=2, devices=4, timeout=300, out=out) == 0, out.getvalue()
+    params_dir = tmp_path / "ours" / "checkpoints" / "0" / "params"
+    assert [p.name for p in params_dir.glob("ocdbt.process_*")] == ["ocdbt.process_0"]
+    _, restored = checkpoint.restore_params(tmp_path / "ours")
+    jax.tree.map(lambda ours, expected: np.testing.assert_array_equal(np.asarray(ours), expected),
+                 restored, read_hf_checkpoint(src)[1])

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import numpy as np
 
+from llm_jax.checkpoint import HostArraySource
 from llm_jax.config import ModelConfig
 from llm_jax.errors import UserError
 from llm_jax.infer.host_arrays import layer_to_host, to_host
 
-TensorGetter = Callable[[str], np.ndarray]
+# (Hugging Face tensor name, rows of its first axis) -> those rows as a float32 array
+TensorGetter = Callable[[str, slice], np.ndarray]
+BLOCK_BYTES = 64 << 20  # vocab-sized tensors are read in blocks of rows of about this size
 
 
 def _layer_tensor_names(layer: int) -> dict[str, str]:
@@ -47,44 +51,83 @@ def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def params_from_hf(get: TensorGetter, cfg: ModelConfig, dtype=np.float32) -> dict:
-    """Builds our parameter pytree, checking each tensor's presence and shape first."""
+def check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    if shape != expected:
+        raise UserError(f"tensor {name} has shape {shape}, expected {expected} from config.json")
+
+
+def param_sources(get: TensorGetter, cfg: ModelConfig, dtype=np.float32) -> dict:
+    """Our parameter pytree with a `HostArraySource` at each leaf: a stacked [layers, ...]
+    parameter is filled layer by layer into its own buffer only when built, so that a save
+    can hold one parameter (and one Hugging Face tensor) at a time."""
     shapes = expected_hf_shapes(cfg)
 
-    def tensor(name: str) -> np.ndarray:
-        array = get(name)
-        if tuple(array.shape) != shapes[name]:
-            raise UserError(f"tensor {name} has shape {tuple(array.shape)}, "
-                            f"expected {shapes[name]} from config.json")
+    def tensor(name: str, rows: slice = slice(None)) -> np.ndarray:
+        array = get(name, rows)
+        full = shapes[name]
+        check_shape(name, tuple(array.shape), (len(range(full[0])[rows]), *full[1:]))
         return np.asarray(array, dtype=dtype)
 
-    d, heads, kv, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
-    to_ours = {
-        "q": lambda w: w.T.reshape(d, heads, hd),
-        "k": lambda w: w.T.reshape(d, kv, hd),
-        "v": lambda w: w.T.reshape(d, kv, hd),
-        "o": lambda w: w.T.reshape(heads, hd, d),
-        "gate": lambda w: w.T, "up": lambda w: w.T, "down": lambda w: w.T,
-        "attn_norm": lambda w: w, "mlp_norm": lambda w: w,
+    d, heads, kv, hd, f = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim,
+                           cfg.mlp_dim)
+    ours = {  # key: (our per-layer shape, from Hugging Face's [out, in])
+        "q": ((d, heads, hd), lambda w: w.T.reshape(d, heads, hd)),
+        "k": ((d, kv, hd), lambda w: w.T.reshape(d, kv, hd)),
+        "v": ((d, kv, hd), lambda w: w.T.reshape(d, kv, hd)),
+        "o": ((heads, hd, d), lambda w: w.T.reshape(heads, hd, d)),
+        "gate": ((d, f), lambda w: w.T), "up": ((d, f), lambda w: w.T),
+        "down": ((f, d), lambda w: w.T),
+        "attn_norm": ((d,), lambda w: w), "mlp_norm": ((d,), lambda w: w),
     }
-    stacked: dict[str, list[np.ndarray]] = {key: [] for key in to_ours}
-    for layer in range(cfg.num_layers):
-        for key, name in _layer_tensor_names(layer).items():
-            stacked[key].append(to_ours[key](tensor(name)))
-    layers = {key: np.stack(values) for key, values in stacked.items()}
-    params = {
-        "embed": {"embedding": tensor("model.embed_tokens.weight")},
+
+    def stacked(key: str) -> HostArraySource:
+        shape, to_ours = ours[key]
+
+        def build() -> np.ndarray:
+            out = np.empty((cfg.num_layers, *shape), dtype)
+            for layer in range(cfg.num_layers):
+                out[layer] = to_ours(tensor(_layer_tensor_names(layer)[key]))
+            return out
+
+        return HostArraySource((cfg.num_layers, *shape), np.dtype(dtype), build)
+
+    def vocab_sized(name: str, transpose: bool) -> HostArraySource:
+        """Read in blocks of rows into its buffer, so never a second whole copy."""
+        vocab = cfg.vocab_size
+        shape = (d, vocab) if transpose else (vocab, d)
+        block = max(1, BLOCK_BYTES // (d * np.dtype(dtype).itemsize))
+
+        def build() -> np.ndarray:
+            out = np.empty(shape, dtype)
+            for start in range(0, vocab, block):
+                rows = slice(start, min(start + block, vocab))
+                if transpose:
+                    out[:, rows] = tensor(name, rows).T
+                else:
+                    out[rows] = tensor(name, rows)
+            return out
+
+        return HostArraySource(shape, np.dtype(dtype), build)
+
+    sources = {
+        "embed": {"embedding": vocab_sized("model.embed_tokens.weight", transpose=False)},
         "layers": {"blocks": {
-            "attn": {key: layers[key] for key in ("q", "k", "v", "o")},
-            "mlp": {key: layers[key] for key in ("gate", "up", "down")},
-            "attn_norm": {"scale": layers["attn_norm"]},
-            "mlp_norm": {"scale": layers["mlp_norm"]},
+            "attn": {key: stacked(key) for key in ("q", "k", "v", "o")},
+            "mlp": {key: stacked(key) for key in ("gate", "up", "down")},
+            "attn_norm": {"scale": stacked("attn_norm")},
+            "mlp_norm": {"scale": stacked("mlp_norm")},
         }},
-        "final_norm": {"scale": tensor("model.norm.weight")},
+        "final_norm": {"scale": HostArraySource((d,), np.dtype(dtype),
+                                                lambda: tensor("model.norm.weight"))},
     }
     if not cfg.tie_embeddings:
-        params["lm_head"] = tensor("lm_head.weight").T
-    return params
+        sources["lm_head"] = vocab_sized("lm_head.weight", transpose=True)
+    return sources
+
+
+def params_from_hf(get: TensorGetter, cfg: ModelConfig, dtype=np.float32) -> dict:
+    """Our whole parameter pytree in host memory, each tensor's shape checked."""
+    return jax.tree.map(lambda source: source.build(), param_sources(get, cfg, dtype))
 
 
 def hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, Callable[[], np.ndarray]]:
