@@ -32,6 +32,9 @@ setup(
         # trl: its DPO and reward-model losses are what the post-training tests compare with.
         "dev": ["pytest==9.2.0", "pytest-timeout==2.4.0", "torch==2.13.0", "transformers==5.23.0",
                 "trl==1.16.0"],
+        # libtpu, jax 0.10.2's own (jax[tpu] pins it): JAX on a TPU VM, and anywhere `llm-jax
+        # plan --slice` compiling the step for a TPU topology with no TPU present.
+        "tpu": ["libtpu==0.0.42.1"],
         # lm-evaluation-harness, for `python -m llm_jax.eval.lm_eval_main` (llm_jax.eval.harness).
         "eval": ["lm-eval==0.4.13"],
         # `llm-jax curate`: datatrove's filters and dedup (spacy: its English word tokenizer,

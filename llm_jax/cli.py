@@ -14,9 +14,11 @@ Handler = Callable[[argparse.Namespace], int | None]
 
 def _import_hf(args: argparse.Namespace) -> None:
     from llm_jax.convert.hf_import import import_hf_checkpoint
+    from llm_jax.infer.host_arrays import is_main_process
 
     out = import_hf_checkpoint(args.hf_dir, args.out)
-    print(f"imported {args.hf_dir} -> {out}")
+    if is_main_process():
+        print(f"imported {args.hf_dir} -> {out}")
 
 
 def _export_hf(args: argparse.Namespace) -> None:
@@ -102,7 +104,8 @@ def _plan(args: argparse.Namespace) -> None:
     from llm_jax.config import load_config
     from llm_jax.plan import plan
 
-    print(plan(load_config(args.config, args.overrides), args.slice, not args.no_compile))
+    print(plan(load_config(args.config, args.overrides), args.slice, not args.no_compile,
+               args.num_slices))
 
 
 def _curate(args: argparse.Namespace) -> None:
@@ -244,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--slice", default="", help="target, e.g. v5p-128, v5e-256, h100-8 "
                    "(default: this process's devices)")
+    p.add_argument("--num-slices", type=int, default=1,
+                   help="TPU slices joined over the data-center network (multislice)")
     p.add_argument("--no-compile", action="store_true", help="skip the ahead-of-time compile")
     p.set_defaults(handler=_plan)
 

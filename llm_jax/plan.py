@@ -3,8 +3,10 @@
 Parameter and optimizer bytes per device come from `jax.eval_shape` of the real train state
 and the real sharding rules; activation bytes from the formulas of Korthikanti et al. 2022
 ("Reducing Activation Recomputation in Large Transformer Models"), adapted to GQA and SwiGLU.
-When this process has the slice's devices, the step is also compiled ahead of time and XLA's
-own memory analysis is printed.
+The step is also compiled ahead of time, and XLA's own memory and cost analyses are printed
+and decide the verdict: on this process's devices when they are the slice, or, for a TPU
+slice on any machine, on libtpu's compile-only devices of that topology (`parallel/
+tpu_topology.py`; the `tpu` extra). Without either, the formula estimate decides.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import jax
 from jax.sharding import PartitionSpec
 
 from llm_jax.config import Config, ConfigError
+from llm_jax.errors import UserError
 from llm_jax.parallel.mesh import check_fits_mesh, mesh_shape
 from llm_jax.parallel.rules import axis_rules
 from llm_jax.parallel.sharding import sharding_context
@@ -36,6 +39,7 @@ class Chip:
 
 
 CHIPS = {
+    "v4": Chip("TPU v4", 32 * 2**30, 275e12, 2, "tpu"),
     "v5e": Chip("TPU v5e", 16 * 2**30, 197e12, 1, "tpu"),
     "v5p": Chip("TPU v5p", 95 * 2**30, 459e12, 2, "tpu"),
     "v6e": Chip("TPU v6e", 32 * 2**30, 918e12, 1, "tpu"),
@@ -114,16 +118,41 @@ def activation_bytes_per_device(config: Config, sizes: dict[str, int]) -> float:
     return per_layer * layers_here * in_flight + logits
 
 
-def plan(config: Config, slice_name: str = "", compile_step: bool = True) -> str:
+def _with_xla_attention(config: Config) -> Config:
+    """Shapes do not depend on the attention kernel, which may not exist on this machine."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, attention="xla"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """XLA's figures for the compiled step, per device."""
+
+    where: str  # what it was compiled for
+    arguments: float
+    outputs: float
+    temporaries: float
+    aliased: float
+    flops: float | None
+    bytes_accessed: float | None
+
+    @property
+    def total(self) -> float:
+        return self.arguments + self.outputs + self.temporaries - self.aliased
+
+
+def plan(config: Config, slice_name: str = "", compile_step: bool = True,
+         num_slices: int = 1) -> str:
     """A human-readable report; see the module docstring."""
     chip, chips = parse_slice(slice_name) if slice_name else (None, jax.device_count())
+    if num_slices > 1 and (chip is None or chip.platform != "tpu"):
+        raise ConfigError("--num-slices needs a TPU --slice (multislice)")
+    chips *= num_slices
     sizes = mesh_shape(config.mesh, chips)
     check_fits_mesh(config, sizes)
-    # Shapes do not depend on the attention kernel, which may not exist on this machine.
-    shapes = dataclasses.replace(config, model=dataclasses.replace(config.model, attention="xla"))
+    shapes = _with_xla_attention(config)
     params, opt, count = state_bytes_per_device(shapes, sizes)
     acts = activation_bytes_per_device(config, sizes)
-    total = params + opt + acts
+    estimate = params + opt + acts
     seq = config.data.seq_len
     flops = flops_per_token(shapes.model, seq)
     gib = lambda b: f"{b / 2**30:,.2f} GiB"  # noqa: E731
@@ -135,36 +164,92 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True) -> str
         f"global batch {config.train.batch_size} x {seq} tokens, "
         f"{config.train.microbatches} microbatch(es)",
         f"per device: params {gib(params)}, optimizer state {gib(opt)}, "
-        f"activations ~{gib(acts)} (estimate), total ~{gib(total)}",
+        f"activations ~{gib(acts)} (estimate), total ~{gib(estimate)}",
         f"FLOPs per token: {flops:.3e} (6N + 12·L·d·T, non-causal attention)",
     ]
+    compiled, failure = None, ""
+    if compile_step:
+        devices, skipped = _devices_to_compile_for(slice_name, chip, chips, num_slices)
+        if devices is None:
+            lines.append(skipped)
+        else:
+            try:
+                compiled = compile_step_memory(config, devices)
+                lines.extend(_compiled_lines(compiled, estimate, config, chips))
+            except jax.errors.JaxRuntimeError as err:
+                failure = " ".join(str(err).split())[:400]
+                lines.append(f"XLA could not compile the step for {len(devices)} "
+                             f"{devices[0].device_kind} devices: {failure}")
     if chip is not None:
         usable = chip.hbm_bytes * USABLE_FRACTION
-        verdict = "fits" if total <= usable else "does NOT fit"
+        total = compiled.total if compiled else estimate
+        if failure:
+            verdict = ("does NOT fit (XLA ran out of memory compiling it)"
+                       if "RESOURCE_EXHAUSTED" in failure else "does not compile")
+            lines.append(f"{chip.name}: {gib(chip.hbm_bytes)} HBM per chip; {verdict}")
+        else:
+            verdict = "fits" if total <= usable else "does NOT fit"
+            source = "XLA's compiled figures" if compiled else "the formula estimate"
+            lines.append(f"{chip.name}: {gib(chip.hbm_bytes)} HBM per chip; {verdict} "
+                         f"({total / chip.hbm_bytes:.0%} of HBM by {source}, "
+                         f"{USABLE_FRACTION:.0%} usable)")
         step_time = flops * config.train.batch_size * seq / (chips * chip.peak_flops)
-        lines.append(f"{chip.name}: {gib(chip.hbm_bytes)} HBM per chip; {verdict} "
-                     f"({total / chip.hbm_bytes:.0%} of HBM, {USABLE_FRACTION:.0%} usable)")
         lines.append(f"step time at 100% MFU: {step_time:.2f} s; at 50%: {2 * step_time:.2f} s")
-    here = f"{jax.device_count()} {jax.default_backend()} devices"
-    if compile_step and chips == jax.device_count() and (
-            chip is None or chip.platform == jax.default_backend()):
-        lines.append(_compiled_memory(config))
-    elif compile_step:
-        lines.append(f"(ahead-of-time compile skipped: this process has {here}, the plan is "
-                     f"for {chips} {chip.name if chip else 'devices'})")
     return "\n".join(lines)
 
 
-def _compiled_memory(config: Config) -> str:
-    """Compiles the real train step for abstract inputs and reports XLA's memory analysis."""
+def _devices_to_compile_for(slice_name: str, chip: Chip | None, chips: int,
+                            num_slices: int) -> tuple[list | None, str]:
+    """(devices, "") to compile the step on: this process's when they are the slice, libtpu's
+    compile-only TPU devices for a TPU slice elsewhere; else (None, why not)."""
+    here = f"{jax.device_count()} {jax.default_backend()} devices"
+    if chips == jax.device_count() and (chip is None or chip.platform == jax.default_backend()):
+        return jax.devices(), ""
+    if chip is not None and chip.platform == "tpu":
+        from llm_jax.parallel.tpu_topology import compile_only_devices
+
+        generation = slice_name.lower().split("-")[0]
+        try:
+            return compile_only_devices(generation, chips // num_slices, num_slices), ""
+        except UserError as err:
+            return None, f"(ahead-of-time compile skipped: {err})"
+    return None, (f"(ahead-of-time compile skipped: this process has {here}, the plan is "
+                  f"for {chips} {chip.name if chip else 'devices'})")
+
+
+def _readable_size(num_bytes: float) -> str:
+    if num_bytes >= 2**30:
+        return f"{num_bytes / 2**30:,.2f} GiB"
+    return f"{num_bytes / 2**20:,.1f} MiB"
+
+
+def _compiled_lines(compiled: Compiled, estimate: float, config: Config,
+                    chips: int) -> list[str]:
+    size = _readable_size
+    lines = [f"compiled the step ahead of time for {compiled.where}: XLA reports "
+             f"{size(compiled.total)} per device (arguments {size(compiled.arguments)}, "
+             f"outputs {size(compiled.outputs)}, temporaries {size(compiled.temporaries)}, "
+             f"aliased {size(compiled.aliased)}); the formula's total is "
+             f"{estimate / compiled.total - 1:+.0%} off"]
+    if compiled.flops:
+        tokens = config.train.batch_size * config.data.seq_len / chips
+        lines.append(f"compiled cost per device per step: {compiled.flops:.3e} FLOPs "
+                     f"({compiled.flops / tokens:.3e} per token), "
+                     f"{(compiled.bytes_accessed or 0) / 2**30:,.2f} GiB of memory traffic")
+    return lines
+
+
+def compile_step_memory(config: Config, devices: list) -> Compiled:
+    """Compiles the real train step over a mesh of `devices` for abstract inputs; XLA's memory
+    and cost analyses of it."""
     from llm_jax.parallel.mesh import make_mesh
     from llm_jax.train.batch_fields import batch_fields
     from llm_jax.train.build import compile_step_for
 
-    mesh = make_mesh(config)
+    mesh = make_mesh(config, devices)
     tx = make_optimizer(config.optimizer, config.train.steps)
-    abstract, specs = abstract_train_state(config, tx)
     rules = axis_rules(config.mesh.rules)
+    abstract, specs = abstract_train_state(_with_xla_attention(config), tx)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, shardings)
@@ -174,11 +259,12 @@ def _compiled_memory(config: Config) -> str:
              for name, dtype in batch_fields(config).items()}  # the objective's batch
     with sharding_context(mesh, rules):
         compiled = step.jitted.lower(abstract, batch).compile()
+    where = f"{len(devices)} {devices[0].device_kind} devices"
     memory = compiled.memory_analysis()
     if memory is None:
-        return "compiled the step ahead of time (no memory analysis on this backend)"
-    used = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-            + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-    return (f"compiled the step ahead of time: XLA reports {used / 2**30:,.2f} GiB per device "
-            f"(arguments {memory.argument_size_in_bytes / 2**30:,.2f}, temporaries "
-            f"{memory.temp_size_in_bytes / 2**30:,.2f})")
+        raise UserError(f"XLA gives no memory analysis for {where}; plan with --no-compile")
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+    return Compiled(where, memory.argument_size_in_bytes, memory.output_size_in_bytes,
+                    memory.temp_size_in_bytes, memory.alias_size_in_bytes,
+                    cost.get("flops"), cost.get("bytes accessed"))

@@ -1,12 +1,18 @@
 """`llm-jax plan`: memory per device without allocating, and an ahead-of-time compile."""
 
+import dataclasses
+import re
+
 import jax
 import pytest
 
+import llm_jax.plan as plan_module
 from llm_jax.cli import main
 from llm_jax.config import ConfigError, load_config
+from llm_jax.errors import UserError
 from llm_jax.parallel.mesh import mesh_shape
-from llm_jax.plan import parse_slice, plan, state_bytes_per_device
+from llm_jax.parallel.tpu_topology import compile_only_devices, libtpu_installed, topology_name
+from llm_jax.plan import compile_step_memory, parse_slice, plan, state_bytes_per_device
 
 
 def test_fsdp_divides_state_bytes_by_the_mesh():
@@ -48,3 +54,67 @@ def test_plan_compiles_the_step_on_local_devices(capsys):
 def test_scale_out_presets_fit_their_slice(preset, slice_name):
     report = plan(load_config(preset), slice_name, compile_step=False)
     assert "; fits" in report, report
+
+
+# --- compile-only TPU slices (libtpu, the `tpu` extra, which CI installs)
+
+def _needs_libtpu() -> None:
+    if not libtpu_installed():
+        pytest.skip("libtpu is not installed: pip install -e '.[tpu]'")
+
+
+def _compiled_percent(report: str) -> float:
+    return float(re.search(r"(\d+)% of HBM by XLA's compiled figures", report).group(1))
+
+
+@pytest.mark.parametrize("slice_name, overrides", [
+    ("v5e-8", ["mesh.fsdp=4", "mesh.tensor=2"]),
+    ("v5p-16", ["mesh.fsdp=4", "mesh.tensor=2", "model.attention=splash"]),
+    ("v5p-16", ["mesh.pipe=2", "mesh.fsdp=4", "train.microbatches=4", "model.attention=splash"]),
+    ("v6e-8", ["mesh.fsdp=8", "model.remat=full", "train.loss_chunk=64"]),
+])
+def test_plan_compiles_for_a_tpu_slice_this_machine_lacks(slice_name, overrides):
+    _needs_libtpu()
+    report = plan(load_config("tiny", overrides), slice_name)
+    assert re.search(r"compiled the step ahead of time for 8 TPU v\d", report), report
+    assert "compiled cost per device per step" in report
+    assert "fits (" in report and "by XLA's compiled figures" in report
+
+
+@pytest.mark.parametrize("objective", ["dpo", "ppo"])  # sft and reward share their batches
+def test_every_objective_compiles_for_a_tpu_slice(objective):
+    _needs_libtpu()
+    config = load_config("tiny", [f"train.objective={objective}", "post.data=pairs.jsonl",
+                                  "mesh.fsdp=4", "mesh.tensor=2"])
+    compiled = compile_step_memory(config, compile_only_devices("v5e", 8))
+    assert compiled.arguments > 0 and compiled.outputs > 0 and compiled.flops > 0
+
+
+def test_the_verdict_follows_xlas_figures_not_the_formula(monkeypatch):
+    """With an HBM between the formula's estimate and XLA's figure, XLA decides."""
+    _needs_libtpu()
+    config = load_config("tiny", ["mesh.fsdp=8"])
+    compiled = compile_step_memory(config, compile_only_devices("v5e", 8))
+    monkeypatch.setattr(plan_module, "compile_step_memory", lambda *_: compiled)  # compiled once
+    estimate = plan(config, "v5e-8", compile_step=False)
+    estimated = float(re.search(r"total ~([\d.]+) GiB", estimate).group(1)) * 2**30
+    low, high = sorted([estimated, compiled.total])
+    assert high > 1.5 * low  # far enough apart for the test to mean something
+    hbm = (low + high) / 2 / plan_module.USABLE_FRACTION
+    monkeypatch.setitem(plan_module.CHIPS, "v5e",
+                        dataclasses.replace(plan_module.CHIPS["v5e"], hbm_bytes=hbm))
+    by_formula = plan(config, "v5e-8", compile_step=False)
+    by_xla = plan(config, "v5e-8")
+    assert ("does NOT fit" in by_xla) == (compiled.total > estimated)
+    assert ("does NOT fit" in by_formula) == (estimated > compiled.total)
+    assert _compiled_percent(by_xla) == round(100 * compiled.total / hbm)
+
+
+def test_topologies_are_named_by_chips_and_multislice_compiles():
+    _needs_libtpu()
+    assert topology_name("v5p", 64) == "v5p:4x4x4" and topology_name("v5e", 256) == "v5e:16x16"
+    with pytest.raises(UserError, match="come in"):
+        topology_name("v5e", 12)
+    report = plan(load_config("tiny", ["mesh.dcn_data=2", "mesh.data=2", "mesh.fsdp=4"]),
+                  "v5e-4", num_slices=2)
+    assert "compiled the step ahead of time for 8 TPU v5 lite" in report, report

@@ -25,13 +25,21 @@ from llm_jax.model.blockwise_attention import blockwise_attention
 NEEDED_BACKEND = {"cudnn": "gpu", "splash": "tpu"}
 
 
+def target_platform() -> str:
+    """The platform the model is traced for: the current mesh's (compile-only TPU devices
+    included, `llm-jax plan`), else this process's backend."""
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    return jax.default_backend() if device is None else device.platform
+
+
 def check_backend(impl: str) -> None:
     """Fails early, with a message, when a kernel is asked for on hardware that lacks it."""
     needed = NEEDED_BACKEND.get(impl)
-    if needed and jax.default_backend() != needed:
+    platform = target_platform() if needed else ""
+    if needed and platform != needed:
         raise UserError(
             f"model.attention={impl} needs a {needed.upper()} but this process runs on "
-            f"'{jax.default_backend()}'; use model.attention=xla or model.attention=dot_product"
+            f"'{platform}'; use model.attention=xla or model.attention=dot_product"
         )
 
 
