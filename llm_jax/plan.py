@@ -175,7 +175,7 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True,
         else:
             try:
                 compiled = compile_step_memory(config, devices)
-                lines.extend(_compiled_lines(compiled, estimate, config, chips))
+                lines.extend(_compiled_lines(compiled, estimate))
             except jax.errors.JaxRuntimeError as err:
                 failure = " ".join(str(err).split())[:400]
                 lines.append(f"XLA could not compile the step for {len(devices)} "
@@ -223,8 +223,7 @@ def _readable_size(num_bytes: float) -> str:
     return f"{num_bytes / 2**20:,.1f} MiB"
 
 
-def _compiled_lines(compiled: Compiled, estimate: float, config: Config,
-                    chips: int) -> list[str]:
+def _compiled_lines(compiled: Compiled, estimate: float) -> list[str]:
     size = _readable_size
     lines = [f"compiled the step ahead of time for {compiled.where}: XLA reports "
              f"{size(compiled.total)} per device (arguments {size(compiled.arguments)}, "
@@ -232,10 +231,9 @@ def _compiled_lines(compiled: Compiled, estimate: float, config: Config,
              f"aliased {size(compiled.aliased)}); the formula's total is "
              f"{estimate / compiled.total - 1:+.0%} off"]
     if compiled.flops:
-        tokens = config.train.batch_size * config.data.seq_len / chips
-        lines.append(f"compiled cost per device per step: {compiled.flops:.3e} FLOPs "
-                     f"({compiled.flops / tokens:.3e} per token), "
-                     f"{(compiled.bytes_accessed or 0) / 2**30:,.2f} GiB of memory traffic")
+        lines.append(f"XLA's cost analysis per device: {compiled.flops:.3e} FLOPs, "
+                     f"{size(compiled.bytes_accessed or 0)} of memory traffic (each loop body, "
+                     "scanned layers and microbatches, counted once)")
     return lines
 
 

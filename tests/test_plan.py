@@ -77,7 +77,7 @@ def test_plan_compiles_for_a_tpu_slice_this_machine_lacks(slice_name, overrides)
     _needs_libtpu()
     report = plan(load_config("tiny", overrides), slice_name)
     assert re.search(r"compiled the step ahead of time for 8 TPU v\d", report), report
-    assert "compiled cost per device per step" in report
+    assert "XLA's cost analysis per device" in report
     assert "fits (" in report and "by XLA's compiled figures" in report
 
 
