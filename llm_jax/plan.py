@@ -92,7 +92,8 @@ def state_bytes_per_device(config: Config, sizes: dict[str, int]) -> tuple[float
 
 def activation_bytes_per_device(config: Config, sizes: dict[str, int]) -> float:
     """Saved activations for the backward pass, per device, for one microbatch in flight
-    (times the stages' microbatches in flight under a pipeline), plus the fp32 logits."""
+    (times the stages' microbatches in flight under a pipeline), plus one block's working set
+    while its backward runs and the fp32 logits (one `train.loss_chunk` at a time)."""
     m, t = config.model, config.data.seq_len
     rows = config.train.batch_size / (sizes["data"] * sizes["fsdp"] * config.train.microbatches)
     tp = sizes["tensor"]
@@ -100,13 +101,16 @@ def activation_bytes_per_device(config: Config, sizes: dict[str, int]) -> float:
     d, heads, hd = m.d_model, m.num_heads, m.resolved_head_dim
     kv = m.num_kv_heads * hd
     tokens = rows * t
+    matmul_outputs = tokens * (heads * hd + 2 * kv + d + (3 if m.mlp == "swiglu" else 2)
+                               * m.mlp_dim) * width / tp
+    flash = m.attention in ("splash", "cudnn")  # kernels that never hold the whole scores
+    attention_scores = 0.0 if flash else rows * heads * t * t * 4 / tp  # fp32 probabilities
+    norms_and_inputs = 4 * tokens * d * width
+    # One block's whole working set, live while its backward pass runs (recomputed under remat).
+    working_set = matmul_outputs + norms_and_inputs + attention_scores
     if m.remat == "full":
         per_layer = tokens * d * width  # only each block's input is kept
     else:
-        matmul_outputs = tokens * (heads * hd + 2 * kv + d + (3 if m.mlp == "swiglu" else 2)
-                                   * m.mlp_dim) * width / tp
-        attention_scores = rows * heads * t * t * 4 / tp  # fp32 probabilities
-        norms_and_inputs = 4 * tokens * d * width
         per_layer = matmul_outputs + norms_and_inputs
         if m.remat in ("none", "dots"):
             per_layer += attention_scores
@@ -114,8 +118,10 @@ def activation_bytes_per_device(config: Config, sizes: dict[str, int]) -> float:
             per_layer += tokens * m.mlp_dim * width / tp  # activation function inputs
     layers_here = m.num_layers / sizes["pipe"]
     in_flight = min(config.train.microbatches, sizes["pipe"]) if sizes["pipe"] > 1 else 1
-    logits = tokens * m.vocab_size * 4 / tp * 2  # logits and their gradient, fp32
-    return per_layer * layers_here * in_flight + logits
+    # Logits and their gradient in fp32; with train.loss_chunk one chunk of positions at a time.
+    logit_positions = min(config.train.loss_chunk or t, t)
+    logits = rows * logit_positions * m.vocab_size * 4 / tp * 2
+    return per_layer * layers_here * in_flight + working_set + logits
 
 
 def _with_xla_attention(config: Config) -> Config:
@@ -152,7 +158,10 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True,
     shapes = _with_xla_attention(config)
     params, opt, count = state_bytes_per_device(shapes, sizes)
     acts = activation_bytes_per_device(config, sizes)
-    estimate = params + opt + acts
+    # The step's own buffers: fp32 gradients (and their accumulator over microbatches) and
+    # the new optimizer state, made before it replaces the old.
+    buffers = params * (2 if config.train.microbatches > 1 else 1) + opt
+    estimate = params + opt + acts + buffers
     seq = config.data.seq_len
     flops = flops_per_token(shapes.model, seq)
     gib = lambda b: f"{b / 2**30:,.2f} GiB"  # noqa: E731
@@ -164,7 +173,8 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True,
         f"global batch {config.train.batch_size} x {seq} tokens, "
         f"{config.train.microbatches} microbatch(es)",
         f"per device: params {gib(params)}, optimizer state {gib(opt)}, "
-        f"activations ~{gib(acts)} (estimate), total ~{gib(estimate)}",
+        f"activations ~{gib(acts)}, gradients and updates ~{gib(buffers)} (estimates), "
+        f"total ~{gib(estimate)}",
         f"FLOPs per token: {flops:.3e} (6N + 12·L·d·T, non-causal attention)",
     ]
     compiled, failure = None, ""

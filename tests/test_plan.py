@@ -50,6 +50,7 @@ def test_plan_compiles_the_step_on_local_devices(capsys):
 
 @pytest.mark.parametrize("preset, slice_name", [("llama3-8b-v5p-128", "v5p-128"),
                                                 ("llama3-8b-v5e-256", "v5e-256"),
+                                                ("llama3.2-1b-v5e-8", "v5e-8"),
                                                 ("llama3.2-1b-h100", "h100-1")])
 def test_scale_out_presets_fit_their_slice(preset, slice_name):
     report = plan(load_config(preset), slice_name, compile_step=False)
