@@ -119,10 +119,6 @@ class HostArraySource:
     dtype: np.dtype
     build: Callable[[], np.ndarray]
 
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
 
 def _return_freed_memory() -> None:
     """Hands the heap's free pages back to the system (glibc only): glibc keeps the blocks that
