@@ -184,19 +184,21 @@ class TokenizerConfig:
         _check_numbers(self, "tokenizer")
 
 
+CURATE_NORMALIZERS = ("unwrap",)
 CURATE_FILTERS = ("gopher_repetition", "gopher_quality", "c4", "fineweb", "toxicity")
 CURATE_FORMATTERS = ("pii",)
+CURATE_STEPS = CURATE_NORMALIZERS + CURATE_FILTERS + CURATE_FORMATTERS
 
 
 @dataclasses.dataclass(frozen=True)
 class CurateConfig:
     """`llm-jax curate`: which published filters run on which kind of document, and dedup settings.
 
-    Step lists are comma-separated names from CURATE_FILTERS + CURATE_FORMATTERS; they always run in
-    that canonical order (filters, then exact and MinHash dedup over all documents, then PII).
+    Step lists are comma-separated names from CURATE_STEPS; they always run in that canonical
+    order (unwrap, filters, then exact and MinHash dedup over all documents, then PII).
     """
 
-    prose_steps: str = "gopher_repetition,gopher_quality,c4,fineweb,toxicity,pii"
+    prose_steps: str = "unwrap,gopher_repetition,gopher_quality,c4,fineweb,toxicity,pii"
     code_steps: str = "pii"  # code skips the prose heuristics, which would reject most of it
     exact_dedup: bool = True
     minhash: bool = True
@@ -214,7 +216,7 @@ class CurateConfig:
         _check_numbers(self, "curate")
         for key in ("prose_steps", "code_steps"):
             for name in self.step_names(key.split("_")[0]):
-                _check_choice(f"curate.{key} entry", name, CURATE_FILTERS + CURATE_FORMATTERS)
+                _check_choice(f"curate.{key} entry", name, CURATE_STEPS)
 
     def step_names(self, kind: str) -> list[str]:
         """The steps for documents of `kind` ("prose" or "code"), as listed in the config."""

@@ -3,8 +3,9 @@
 The run is a chain of datatrove stages executed by `LocalPipelineExecutor` (swap in datatrove's
 SLURM or Ray executor for corpora that outgrow one machine; the stages stay the same):
 
-    filter       read the source, apply the published quality filters and the toxicity filter to
-                 the documents of the kinds they suit, write signatures of the first dedup
+    filter       read the source, join hard-wrapped paragraphs, apply the published quality
+                 filters and the toxicity filter to the documents of the kinds they suit, write
+                 signatures of the first dedup
     exact ...    datatrove's exact dedup: find duplicate texts, then drop all but the first
     minhash ...  datatrove's MinHash dedup (word 5-grams, 14 bands x 8 hashes): buckets,
                  clusters, then drop all but one document per cluster
@@ -14,7 +15,8 @@ Layout of the output directory (`data.curated_dir`, default `<run_dir>/curated`)
 
     curated-train.array_record-0000k-of-0000n   the corpus, a TFDS dataset with its metadata
     dataset_info.json, features.json            written last: their presence means complete
-    report.json                                 each step's documents and bytes in and out
+    report.json                                 each step's documents and bytes in and out, and
+                                                what it alone removed (`removed_only_here`)
     rejected/<step>.jsonl                       a sample of what each step removed
     _work/                                      intermediate files, logs, per-task completions
 
@@ -49,7 +51,7 @@ from datatrove.pipeline.dedup import (
 )
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
 
-from llm_jax.config import CURATE_FILTERS, CURATE_FORMATTERS, Config
+from llm_jax.config import CURATE_FILTERS, CURATE_FORMATTERS, CURATE_NORMALIZERS, Config
 from llm_jax.data import corpus
 from llm_jax.data.corpus import curated_dir
 from llm_jax.data.curate_output import WORK, prepare_output
@@ -167,10 +169,14 @@ def build_plan(config: Config, out: Path, source: Any) -> _Plan:
     kinds = steps_by_kind(c)
 
     plan.stage("filter", SourceReader(source, str(work / "problems"), c.max_documents))
-    for name in CURATE_FILTERS:
+    for name in CURATE_NORMALIZERS:
         if name in kinds:
-            step = KindFilter(name, make_filter(name, c), kinds[name], plan.rejected(name))
-            plan.step(name, step, tuple(kinds[name]))
+            plan.step(name, KindFormatter(name, make_filter(name, c), kinds[name]), tuple(kinds[name]))
+    quality = [name for name in CURATE_FILTERS if name in kinds]
+    for i, name in enumerate(quality):
+        later = [KindFilter(other, make_filter(other, c), kinds[other]) for other in quality[i + 1:]]
+        step = KindFilter(name, make_filter(name, c), kinds[name], plan.rejected(name), later)
+        plan.step(name, step, tuple(kinds[name]))
     for i, dedup in enumerate(_dedups(config, work)):
         handoff = str(work / "documents" / f"{i}-{dedup.name}")
         plan.append(intermediate_writer(handoff))

@@ -67,6 +67,9 @@ def step_entry(step: ReportedStep, stats: list[dict[str, float]], sample_path: s
     }
     if reasons:
         entry["dropped_reasons"] = reasons
+    if "removed_only_here" in own:
+        entry["removed_only_here"] = {"documents": int(own["removed_only_here"]),
+                                      "bytes": int(own.get("removed_only_here_bytes", 0))}
     if "changed" in own:
         entry["documents_changed"] = int(own["changed"])
     lines = {key.removeprefix("line-filter-"): int(value) for key, value in sorted(own.items())

@@ -4,7 +4,8 @@ dedup stages, and our corpus format. Each is small; the filtering itself is data
 - `SourceReader`: documents from a `sources.Source`, tallying bad input instead of failing.
 - `Tally`: counts documents and UTF-8 bytes flowing past it; the report is built from these.
 - `KindFilter` / `KindFormatter`: apply a datatrove filter or formatter only to documents of the
-  kinds it suits (a code corpus skips prose heuristics) and pass the rest through untouched.
+  kinds it suits (a code corpus skips prose heuristics) and pass the rest through untouched; a
+  filter also counts what it alone removes (documents every later quality step would keep).
 - `SampleWriter`: keeps the first few rejected documents of a step for a person to read.
 - `RankFileReader`: reads back this rank's intermediate JSONL file from an earlier stage, keeping
   document order (and so datatrove's dedup document indices) aligned between stages.
@@ -13,13 +14,14 @@ dedup stages, and our corpus format. Each is small; the filtering itself is data
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 from datatrove.pipeline.formatters.base import BaseFormatter
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
@@ -66,13 +68,24 @@ class Tally(PipelineStep):
 
 
 class KindFilter(BaseFilter):
-    """`inner`'s keep/drop decision for documents whose kind is in `kinds`; others are kept."""
+    """`inner`'s keep/drop decision for documents whose kind is in `kinds`; others are kept.
 
-    def __init__(self, label: str, inner: BaseFilter, kinds: Iterable[str], exclusion_writer=None) -> None:
+    A document it drops that every filter of `later` (the quality steps after it) would keep is
+    counted as `removed_only_here`, with its bytes: text that looks clean to every other rule,
+    which is where a rule too strict for a source shows in the report."""
+
+    def __init__(self, label: str, inner: BaseFilter, kinds: Iterable[str], exclusion_writer=None,
+                 later: Sequence[KindFilter] = ()) -> None:
         self.name = label
         super().__init__(exclusion_writer=exclusion_writer, batch_size=inner.batch_size)
         self.inner = inner
         self.kinds = frozenset(kinds)
+        self.later = list(later)
+
+    def kept_by_later(self, doc: Document) -> bool:
+        """Whether `doc` would pass every later step (run in order on a copy, as C4 edits text)."""
+        candidate = copy.deepcopy(doc)
+        return all(get_filter_result(step.filter(candidate))[0] for step in self.later)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         return self.filter_batch([doc])[0]
@@ -84,10 +97,14 @@ class KindFilter(BaseFilter):
             decisions = self.inner.filter_batch([batch[i] for i in chosen])
             for i, decision in zip(chosen, decisions):
                 results[i] = decision
+                if not get_filter_result(decision)[0] and self.kept_by_later(batch[i]):
+                    self.stat_update("removed_only_here")
+                    self.stat_update("removed_only_here_bytes", value=len(batch[i].text.encode("utf-8")))
         self.stat_update("other_kind", value=len(batch) - len(chosen))
         return results
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        self.stat_update("removed_only_here", "removed_only_here_bytes", value=0)  # in the report even when 0
         yield from super().run(data, rank, world_size)
         for key, value in self.inner.stats.stats.items():  # e.g. C4's per-line counts
             self.stats[key] = self.stats[key] + value

@@ -38,7 +38,7 @@ SERVER = "8.8.4.4"
 def total(values):
     return sum(v for v in values if v is not None)
 '''
-STEPS = ["gopher_repetition", "gopher_quality", "c4", "fineweb", "toxicity", "exact_dedup",
+STEPS = ["unwrap", "gopher_repetition", "gopher_quality", "c4", "fineweb", "toxicity", "exact_dedup",
          "minhash", "pii"]
 
 

@@ -1,5 +1,6 @@
 """Our curation steps make the same keep/drop decisions as datatrove's own filters on the same
-documents, apply only to the kinds they are configured for, and the toxicity model is real."""
+documents (Gopher quality: with its two word ratios over whitespace words, as the paper has
+them), apply only to the kinds they are configured for, and the toxicity model is real."""
 
 from __future__ import annotations
 
@@ -27,9 +28,26 @@ from llm_jax.data.filters import make_filter, steps_by_kind  # noqa: E402
 from llm_jax.data.sources import split_text  # noqa: E402
 from llm_jax.data.toxicity import ToxicityFilter, toxic_fractions  # noqa: E402
 
+
+def paper_gopher_quality() -> GopherQualityFilter:
+    """datatrove's rules, with the paper's ratios over whitespace words (Rae et al. 2021, A.1.1:
+    a hash or ellipsis per word at most 0.1; 80% of words with an alphabetic character)."""
+
+    class PaperRatios(GopherQualityFilter):
+        def filter(self, doc: Document) -> bool | tuple[bool, str]:
+            words = doc.text.split()
+            if (doc.text.count("#") > 0.1 * len(words)
+                    or doc.text.count("...") + doc.text.count("…") > 0.1 * len(words)
+                    or sum(any(c.isalpha() for c in w) for w in words) < 0.8 * len(words)):
+                return False, "paper_ratio"
+            return super().filter(doc)
+
+    return PaperRatios(max_symbol_word_ratio=None, max_non_alpha_words_ratio=None)
+
+
 REFERENCE = {
     "gopher_repetition": GopherRepetitionFilter,
-    "gopher_quality": GopherQualityFilter,
+    "gopher_quality": paper_gopher_quality,
     "c4": C4QualityFilter,
     "fineweb": FineWebQualityFilter,
 }
