@@ -226,8 +226,12 @@ class CurateConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW with warmup then cosine (or warmup-stable-decay) learning rate."""
+    """The optimizer (AdamW by default) with warmup then cosine (or warmup-stable-decay) learning
+    rate; `llm_jax.train.optimizer` says how each reads these settings."""
 
+    name: str = "adamw"  # adamw | lion | adafactor | muon
+    mu_dtype: str = "float32"  # first moment of adamw, lion and muon: float32 | bfloat16
+    zero1: bool = False  # optimizer state sharded over `data` too (ZeRO-1); parameters are not
     lr: float = 3e-4
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
@@ -244,6 +248,8 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         _check_numbers(self, "optimizer")
         _check_choice("optimizer.schedule", self.schedule, ("cosine", "wsd", "constant"))
+        _check_choice("optimizer.name", self.name, ("adamw", "lion", "adafactor", "muon"))
+        _check_choice("optimizer.mu_dtype", self.mu_dtype, ("float32", "bfloat16"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,7 @@ DEFAULT_RULES: Rules = (
     ("mlp", "tensor"),
     ("layers", "pipe"),
     ("pipe_stage", "pipe"),
+    ("opt_embed", ("fsdp", "data")),  # `embed` of the optimizer moments under optimizer.zero1
 )
 
 
