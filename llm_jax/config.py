@@ -89,6 +89,10 @@ class ModelConfig:
     position: str = "rope"  # rope | learned | none
     qk_norm: bool = False
     attention: str = "xla"  # xla | blockwise | dot_product | cudnn | splash
+    # A query sees itself and the sliding_window - 1 keys before it (0: every key before it).
+    sliding_window: int = 0
+    global_every: int = 0  # with sliding_window: layers N-1, 2N-1, ... see every key (0: none)
+    attn_softcap: float = 0.0  # scores become cap * tanh(scores / cap) (Gemma 2: 50); 0: off
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots | dots_no_batch
@@ -106,6 +110,12 @@ class ModelConfig:
         _check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
         _check_choice("model.param_dtype", self.param_dtype, ("float32", "bfloat16"))
         _check_choice("model.remat", self.remat, REMAT_POLICIES)
+        if self.global_every and not self.sliding_window:
+            raise ConfigError(f"model.global_every={self.global_every} picks the global layers "
+                              "among sliding-window ones; set model.sliding_window too")
+        if self.attn_softcap and self.attention in ("dot_product", "cudnn"):
+            raise ConfigError(f"model.attention={self.attention} cannot soft-cap scores "
+                              "(model.attn_softcap); use xla, blockwise or splash")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"model.num_heads={self.num_heads} must be a multiple of "
@@ -155,6 +165,7 @@ class DataConfig:
     seq_len: int = 256
     packing: str = "pack"  # pack (segment ids, no cross-document attention) | concat
     shuffle: bool = True
+    shuffle_rows: int = 256  # train rows of a data shard shuffled together after packing; 0: off
     eval_fraction: float = 0.01
     worker_count: int = 0
     shards: int = 0  # fixed split of the data; 0: gcd(train.batch_size, 64) (data/shards.py)

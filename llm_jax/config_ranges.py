@@ -81,6 +81,9 @@ NUMERIC_RANGES: dict[str, Range] = {
     "model.rope_theta": POSITIVE,
     "model.norm_eps": POSITIVE,
     "model.scan_unroll": COUNT,
+    "model.sliding_window": count_or("every layer attends globally"),
+    "model.global_every": count_or("no global layers among the sliding-window ones"),
+    "model.attn_softcap": NON_NEGATIVE,
     "model.init_std": NON_NEGATIVE,
     # Llama 3.1 scaling divides the low frequencies by `factor`, so below 1 it would stretch them.
     "model.rope_scaling.factor": Range(1, special=((0, "off"),)),
@@ -98,6 +101,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "mesh.dcn_pipe": COUNT,
     # data
     "data.seq_len": COUNT,
+    "data.shuffle_rows": count_or("packed rows kept in order"),
     "data.eval_fraction": FRACTION_BELOW_ONE,
     "data.worker_count": count_or("in this process"),
     "data.shards": count_or("gcd(train.batch_size, 64)"),

@@ -219,6 +219,11 @@ def test_checks_across_keys_still_apply_after_the_ranges() -> None:
         load_config("tiny", ["model.rope_scaling.factor=8",
                              "model.rope_scaling.low_freq_factor=2",
                              "model.rope_scaling.high_freq_factor=1"])
+    with pytest.raises(ConfigError, match="model.global_every=2 picks the global layers among "
+                                          "sliding-window ones; set model.sliding_window too"):
+        load_config("tiny", ["model.global_every=2"])
+    with pytest.raises(ConfigError, match="model.attention=dot_product cannot soft-cap scores"):
+        load_config("tiny", ["model.attention=dot_product", "model.attn_softcap=50"])
 
 
 def test_a_yaml_file_with_an_invalid_value_names_the_key(tmp_path) -> None:

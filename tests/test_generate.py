@@ -39,7 +39,8 @@ def test_cached_logits_equal_the_full_forward_pass_with_ablation_switches():
     # The default switches are covered by the comparison with transformers below.
     config = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
                          mlp_dim=48, max_seq_len=32, position="learned", norm="layernorm",
-                         mlp="gelu", qk_norm=True, remat="full", tie_embeddings=True)
+                         mlp="gelu", qk_norm=True, remat="full", tie_embeddings=True,
+                         sliding_window=4, global_every=2, attn_softcap=3.0)
     params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(0))
     model = Transformer(config)
     forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens))

@@ -152,6 +152,9 @@ def test_export_refuses_models_transformers_cannot_compute(tmp_path):
     model_config, params = read_hf_checkpoint(_saved(tmp_path / "src", **CONFIGS["mha-tied"]))
     with pytest.raises(UserError, match="model.qk_norm=True has no Llama equivalent"):
         write_hf_checkpoint(dataclasses.replace(model_config, qk_norm=True), params, tmp_path / "x")
+    with pytest.raises(UserError, match="model.sliding_window=16 has no Llama equivalent"):
+        write_hf_checkpoint(dataclasses.replace(model_config, sliding_window=16), params,
+                            tmp_path / "y")
 
 
 @pytest.mark.parametrize("name, dtype", [("gqa-untied-theta-eps", torch.float32),
@@ -200,3 +203,36 @@ def test_import_on_two_processes_writes_once_and_restores_exactly(tmp_path):
     _, restored = checkpoint.restore_params(tmp_path / "ours")
     jax.tree.map(lambda ours, expected: np.testing.assert_array_equal(np.asarray(ours), expected),
                  restored, read_hf_checkpoint(src)[1])
+
+
+def _llama_weights_in(architecture, llama, **settings):
+    """`transformers`' `architecture` (Mistral, Qwen2) holding the Llama model's weights; the
+    attention biases Qwen2 has are zero, so it computes a Llama with its own masks."""
+    config = getattr(transformers, f"{architecture}Config")(
+        **{**llama.config.to_dict(), **settings}, attn_implementation="eager")
+    model = getattr(transformers, f"{architecture}ForCausalLM")(config).eval()
+    missing, unexpected = model.load_state_dict(llama.state_dict(), strict=False)
+    assert not unexpected and all(name.endswith("_proj.bias") for name in missing), missing
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in missing:
+                p.zero_()
+    return model
+
+
+@pytest.mark.parametrize("architecture, settings, ours", [
+    ("Mistral", dict(sliding_window=16), dict(sliding_window=16)),
+    ("Qwen2", dict(use_sliding_window=True, sliding_window=16, max_window_layers=0,
+                   layer_types=["sliding_attention", "full_attention"] * 2),
+     dict(sliding_window=16, global_every=2)),
+])
+def test_sliding_window_layers_equal_transformers(tmp_path, architecture, settings, ours):
+    llama = hf_model(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                     tie_word_embeddings=False)
+    llama.save_pretrained(tmp_path)
+    model_config, params = read_hf_checkpoint(tmp_path)
+    windowed = dataclasses.replace(model_config, **ours)
+    reference = hf_logits(_llama_weights_in(architecture, llama, **settings), TOKENS)
+    assert np.abs(our_logits(windowed, params, TOKENS) - reference).max() < 1e-4
+    # 80 tokens against a window of 16: the window changes the logits
+    assert np.abs(our_logits(model_config, params, TOKENS) - reference).max() > 1e-2

@@ -197,17 +197,22 @@ def _qkv(batch=2, length=128, heads=4, kv_heads=2, head_dim=128):
     return q, k, v, segments
 
 
-def _reference_attention(q, k, v, segments):
-    """Per-head loop in float64 numpy: the definition, written independently."""
+def _reference_attention(q, k, v, segments, window=None, softcap=0.0):
+    """Per-head loop in float64 numpy: the definition, written independently (a window keeps
+    the keys fewer than `window` positions back; the cap is Gemma 2's cap * tanh(s / cap))."""
     q, k, v, seg = (np.asarray(a, np.float64) for a in (q, k, v, segments))
     batch, length, heads, head_dim = q.shape
     group = heads // k.shape[2]
     out = np.zeros_like(q)
     allowed = np.tril(np.ones((length, length), bool))
+    if window:
+        allowed &= ~np.tril(np.ones((length, length), bool), -window)
     for b in range(batch):
         mask = allowed & (seg[b][:, None] == seg[b][None, :])
         for h in range(heads):
             s = q[b, :, h] @ k[b, :, h // group].T / np.sqrt(head_dim)
+            if softcap:
+                s = softcap * np.tanh(s / softcap)
             s = np.where(mask, s, -np.inf)
             p = np.exp(s - s.max(-1, keepdims=True))
             out[b, :, h] = (p / p.sum(-1, keepdims=True)) @ v[b, :, h // group]
@@ -225,6 +230,25 @@ def test_attention_kernels_match_the_definition(impl):
     np.testing.assert_allclose(out, _reference_attention(q, k, v, segments), atol=2e-5)
 
 
+# jax.nn.dot_product_attention has no soft cap (the config refuses the pair)
+@pytest.mark.parametrize("impl, window, softcap", [
+    *((impl, 20, 0.0) for impl in ("xla", "blockwise", "dot_product", "splash")),
+    *((impl, window, 2.0) for impl in ("xla", "blockwise", "splash") for window in (0, 90))])
+def test_sliding_window_and_soft_cap_match_the_definition(impl, window, softcap):
+    q, k, v, segments = _qkv(head_dim=32)
+    q = 4 * q  # scores of std ~4, so that a cap of 2 bends most of them
+    index = jnp.broadcast_to(jnp.arange(q.shape[1]), segments.shape)
+    if impl == "splash":
+        out = attention_kernels.splash_attention(q, k, v, segments, segments, window=window or None,
+                                                 softcap=softcap, interpret=True)
+    else:
+        out = attention_kernels.attend(impl, q, k, v, segments, segments, index, index,
+                                       window or None, softcap)
+    want = _reference_attention(q, k, v, segments, window, softcap)
+    np.testing.assert_allclose(out, want, atol=2e-5)
+    assert np.abs(want - _reference_attention(q, k, v, segments)).max() > 0.1  # it matters
+
+
 @pytest.mark.parametrize("length", [128, 150])  # whole blocks, and a short last block
 def test_blockwise_gradients_equal_autodiff_of_the_einsum_kernel(length):
     q, k, v, segments = _qkv(length=length, head_dim=32)
@@ -233,6 +257,22 @@ def test_blockwise_gradients_equal_autodiff_of_the_einsum_kernel(length):
 
     def loss(impl, q, k, v):
         out = attention_kernels.attend(impl, q, k, v, segments, segments, index, index)
+        return jnp.sum(out * weights)
+
+    grads = {impl: jax.jit(jax.grad(functools.partial(loss, impl), argnums=(0, 1, 2)))(q, k, v)
+             for impl in ("xla", "blockwise")}
+    for got, want in zip(grads["blockwise"], grads["xla"]):
+        np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_blockwise_gradients_with_window_and_soft_cap_equal_autodiff():
+    q, k, v, segments = _qkv(length=150, head_dim=32)
+    q = 4 * q
+    index = jnp.broadcast_to(jnp.arange(150), segments.shape)
+    weights = jax.random.normal(jax.random.key(7), q.shape)
+
+    def loss(impl, q, k, v):
+        out = attention_kernels.attend(impl, q, k, v, segments, segments, index, index, 40, 2.0)
         return jnp.sum(out * weights)
 
     grads = {impl: jax.jit(jax.grad(functools.partial(loss, impl), argnums=(0, 1, 2)))(q, k, v)

@@ -85,6 +85,8 @@ def hf_config_from_model(cfg: ModelConfig) -> dict[str, Any]:
         "model.mlp": (cfg.mlp, "swiglu"),
         "model.position": (cfg.position, "rope"),
         "model.qk_norm": (cfg.qk_norm, False),
+        "model.sliding_window": (cfg.sliding_window, 0),
+        "model.attn_softcap": (cfg.attn_softcap, 0.0),
     }
     for key, (value, llama_value) in unsupported.items():
         if value != llama_value:

@@ -26,7 +26,9 @@ Order: documents are split once into train and eval (a fixed permutation, `data.
 each split is dealt into `data.shards` data shards (`llm_jax.data.shards`) that pack their own
 rows, so the global batch does not depend on the number of processes and each process reads
 only its shards' documents; train shuffles each shard with its own seed (a new order every
-epoch) and repeats forever;
+epoch) and repeats forever, then shuffles its packed rows in windows of `data.shuffle_rows`
+(grain's WindowShuffleIterDataset), so that the pieces of one long document, packed side by
+side, are spread over many batches instead of filling one;
 eval reads its documents once in fixed order and gives exactly `eval.steps` batches, cutting the
 pass short or filling up with all-padding batches (loss_mask 0), so that every host takes the
 same number of eval steps; `eval.steps=0` gives the whole pass instead, its last batch padded.
@@ -291,6 +293,9 @@ def _shard_batches(config: Config, documents: Any, chosen: np.ndarray, encode: _
         it = it.map(_as_stream)
         it = grain.experimental.ConcatThenSplitIterDataset(it, length_struct={"tokens": length + 1})
         it = it.map(_ConcatRow(pad_id, encode.eos))
+    if train and config.data.shuffle and config.data.shuffle_rows > 1:
+        it = grain.experimental.WindowShuffleIterDataset(
+            it, window_size=config.data.shuffle_rows, seed=seed)
     it = it.batch(rows, drop_remainder=train)
     if not train:
         it = it.map(_PadBatch(rows, pad_id))

@@ -95,7 +95,20 @@ class ShardedBatches:
                             f"shard {missing[0]}: resume with the data.shards it was written with "
                             f"({len(saved)})")
         for shard, iterator in self.iterators.items():
-            iterator.set_state(saved[str(shard)])
+            iterator.set_state(_slices_as_tuples(saved[str(shard)]))
+
+
+def _slices_as_tuples(state: Any) -> Any:
+    """A JSON-restored iterator state with grain's concat `remainder_slices` as tuples again:
+    grain tells "no remainder" by `slice == (-1, -1)`, which a JSON list never equals, so a
+    restored concat pipeline would read one document too many."""
+    if isinstance(state, dict):
+        return {key: ({name: tuple(pair) for name, pair in value.items()}
+                      if key == "remainder_slices" else _slices_as_tuples(value))
+                for key, value in state.items()}
+    if isinstance(state, list):
+        return [_slices_as_tuples(item) for item in state]
+    return state
 
 
 def merge_states(states: Sequence[Any]) -> Any:

@@ -2,6 +2,9 @@
 
 With a layer's cache (`kv`, `cache_meta`) the new keys and values are written at the cache's
 write slot and the queries attend over every filled slot (causal by slot, masked by segment).
+
+`model.sliding_window` makes the layer local; with `model.global_every` the stack passes each
+layer its own `window` (traced: `GLOBAL_WINDOW` on the global layers), see `layer_windows`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,16 @@ CacheMeta = tuple[jnp.ndarray, jnp.ndarray]  # (segment ids of every slot [batch
 
 # Kernels that serve only the training layout fall back to XLA's attention when decoding.
 DECODE_KERNEL = {"splash": "xla", "blockwise": "xla", "cudnn": "dot_product"}
+GLOBAL_WINDOW = 1 << 30  # the window of a global layer among local ones: wider than any row
+
+
+def layer_windows(cfg: ModelConfig) -> jnp.ndarray | None:
+    """Each layer's window when local and global layers alternate (layer i is global when
+    (i + 1) % global_every == 0, as Gemma's `sliding_window_pattern`), else None."""
+    if not cfg.global_every:
+        return None
+    return jnp.array([GLOBAL_WINDOW if (i + 1) % cfg.global_every == 0 else cfg.sliding_window
+                      for i in range(cfg.num_layers)], jnp.int32)
 
 
 class Attention(nn.Module):
@@ -36,9 +49,13 @@ class Attention(nn.Module):
     def __call__(
         self, x: jnp.ndarray, positions: jnp.ndarray, segment_ids: jnp.ndarray,
         kv: LayerKV | None = None, cache_meta: CacheMeta | None = None,
+        window: jnp.ndarray | None = None,
     ) -> jnp.ndarray | tuple[jnp.ndarray, LayerKV]:
-        """The attention output; with a cache, also this layer's updated (k, v)."""
+        """The attention output; with a cache, also this layer's updated (k, v). `window`:
+        this layer's traced window, when layers differ (see `layer_windows`)."""
         cfg = self.config
+        if window is None:
+            window = cfg.sliding_window or None
         heads, kv_heads, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         init = nn.initializers.normal(cfg.init_std)
@@ -63,22 +80,24 @@ class Attention(nn.Module):
             k = apply_rope(k, positions, inv_freq)
 
         if kv is not None:
-            out, kv = _attend_cached(cfg.attention, q, k, v, segment_ids, kv, cache_meta)
+            out, kv = _attend_cached(cfg, q, k, v, segment_ids, kv, cache_meta, window)
             out = nn.with_logical_constraint(out, Q_AXES)
             return dense(out, wo, in_axes=2), kv
 
         index = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
         if cfg.attention == "splash":
-            out = _sharded_splash(q, k, v, segment_ids)
+            out = _splash(cfg, q, k, v, segment_ids, window)
         else:
             out = attention_kernels.attend(
-                cfg.attention, q, k, v, segment_ids, segment_ids, index, index
+                cfg.attention, q, k, v, segment_ids, segment_ids, index, index, window,
+                cfg.attn_softcap,
             )
         out = nn.with_logical_constraint(out, Q_AXES)
         return dense(out, wo, in_axes=2)
 
 
-def _attend_cached(impl, q, k, v, segment_ids, kv: LayerKV, cache_meta: CacheMeta):
+def _attend_cached(cfg: ModelConfig, q, k, v, segment_ids, kv: LayerKV, cache_meta: CacheMeta,
+                   window):
     """Writes k, v at the write slot, then attends over all slots; returns (out, new kv)."""
     slot_segments, write = cache_meta
     cache_k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, write, 0, 0))
@@ -89,22 +108,35 @@ def _attend_cached(impl, q, k, v, segment_ids, kv: LayerKV, cache_meta: CacheMet
     q_index = jnp.broadcast_to(write + jnp.arange(length), (batch, length))
     kv_index = jnp.broadcast_to(jnp.arange(cache_k.shape[1]), (batch, cache_k.shape[1]))
     out = attention_kernels.attend(
-        DECODE_KERNEL.get(impl, impl), q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
-        segment_ids, slot_segments, q_index, kv_index,
+        DECODE_KERNEL.get(cfg.attention, cfg.attention), q, cache_k.astype(q.dtype),
+        cache_v.astype(q.dtype), segment_ids, slot_segments, q_index, kv_index, window,
+        cfg.attn_softcap,
     )
     return out, (cache_k, cache_v)
 
 
-def _sharded_splash(q, k, v, segment_ids):
+def _splash(cfg: ModelConfig, q, k, v, segment_ids, window):
+    """Splash attention; its mask is static, so a traced per-layer window picks one of two
+    kernels (local or global) with `lax.cond`."""
+    if window is None or isinstance(window, int):
+        return _sharded_splash(q, k, v, segment_ids, window, cfg.attn_softcap)
+    return jax.lax.cond(
+        window < GLOBAL_WINDOW,
+        lambda: _sharded_splash(q, k, v, segment_ids, cfg.sliding_window, cfg.attn_softcap),
+        lambda: _sharded_splash(q, k, v, segment_ids, None, cfg.attn_softcap))
+
+
+def _sharded_splash(q, k, v, segment_ids, window: int | None, softcap: float):
     """Runs the splash kernel per device shard: a Pallas call is not auto-partitioned."""
+    def kernel(q_, k_, v_, s_):
+        return attention_kernels.splash_attention(q_, k_, v_, s_, s_, window=window,
+                                                  softcap=softcap)
+
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
-        return attention_kernels.splash_attention(q, k, v, segment_ids, segment_ids)
+        return kernel(q, k, v, segment_ids)
     q_spec = nn.logical_to_mesh_axes(Q_AXES)
     kv_spec = nn.logical_to_mesh_axes(KV_AXES)
     seg_spec = PartitionSpec(q_spec[0], None)
-    return jax.shard_map(
-        lambda q_, k_, v_, s_: attention_kernels.splash_attention(q_, k_, v_, s_, s_),
-        mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec), out_specs=q_spec,
-        check_vma=False,
-    )(q, k, v, segment_ids)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
+                         out_specs=q_spec, check_vma=False)(q, k, v, segment_ids)

@@ -4,7 +4,10 @@ All kernels take queries [batch, q_len, heads, head_dim] and keys/values
 [batch, kv_len, kv_heads, head_dim] (grouped-query: kv_heads divides heads) and return
 [batch, q_len, heads, head_dim]. A query attends to a key when the key is not later in the
 row (`kv_index <= q_index`) and both carry the same segment id, so packed documents never
-see each other. The softmax runs in fp32 in every kernel.
+see each other; with a sliding `window`, also only when it is fewer than `window` positions
+back (Mistral's and Gemma's local attention, as `transformers` masks it). `softcap` bounds
+the scaled scores to (-cap, cap) by `cap * tanh(score / cap)` (Gemma 2) before the mask.
+The softmax runs in fp32 in every kernel.
 
 - `xla`: plain einsums, readable and portable; the reference for the others.
 - `blockwise`: causal query blocks with a hand-written backward pass, the fastest on CPU
@@ -45,20 +48,28 @@ def check_backend(impl: str) -> None:
 
 def attention_mask(
     q_segment_ids: jnp.ndarray, kv_segment_ids: jnp.ndarray,
-    q_index: jnp.ndarray, kv_index: jnp.ndarray,
+    q_index: jnp.ndarray, kv_index: jnp.ndarray, window: int | jnp.ndarray | None = None,
 ) -> jnp.ndarray:
-    """Boolean [batch, q_len, kv_len]: causal by row index, and within one segment."""
+    """Boolean [batch, q_len, kv_len]: causal by row index, within one segment, and within
+    `window` positions when given (an int, or a traced one that differs by layer)."""
     causal = kv_index[:, None, :] <= q_index[:, :, None]
     same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
-    return causal & same_segment
+    if window is None:
+        return causal & same_segment
+    near = q_index[:, :, None] - kv_index[:, None, :] < window
+    return causal & same_segment & near
 
 
-def xla_attention(q, k, v, mask):
+def soft_cap(scores: jnp.ndarray, softcap: float) -> jnp.ndarray:
+    return softcap * jnp.tanh(scores / softcap) if softcap else scores
+
+
+def xla_attention(q, k, v, mask, softcap: float = 0.0):
     batch, q_len, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
     logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (head_dim**-0.5)
+    logits = soft_cap(logits * (head_dim**-0.5), softcap)
     logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
@@ -71,11 +82,13 @@ def dot_product_attention(q, k, v, mask, implementation: str | None = None):
     )
 
 
-def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, *, interpret: bool = False):
+def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, *, window: int | None = None,
+                     softcap: float = 0.0, interpret: bool = False):
     """Pallas splash attention over one device's shard; training layout only (q_len == kv_len).
 
     Under a device mesh, call it inside `shard_map` with batch and heads split (see
-    `llm_jax.model.attention.Attention`), since a Pallas call is not auto-partitioned.
+    `llm_jax.model.attention.Attention`), since a Pallas call is not auto-partitioned. The
+    kernel's mask is static: `window` is an int here (a local or a global layer).
     """
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
@@ -84,8 +97,11 @@ def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, *, interpret: bool 
     if k.shape[1] != seq_len:
         raise UserError("splash attention serves training (q_len == kv_len); decode with xla")
     block = min(512, seq_len)
+    shape = (seq_len, seq_len)
+    mask = (masks.CausalMask(shape) if window is None
+            else masks.LocalMask(shape, window_size=(window - 1, 0), offset=0))
     kernel = splash.make_splash_mha(
-        mask=masks.MultiHeadMask([masks.CausalMask((seq_len, seq_len))] * heads),
+        mask=masks.MultiHeadMask([mask] * heads), attn_logits_soft_cap=softcap or None,
         block_sizes=splash.BlockSizes(
             block_q=block, block_kv_compute=block, block_kv=block,
             block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
@@ -106,16 +122,18 @@ def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, *, interpret: bool 
 
 
 def attend(
-    impl: str, q, k, v, q_segment_ids, kv_segment_ids, q_index, kv_index
+    impl: str, q, k, v, q_segment_ids, kv_segment_ids, q_index, kv_index,
+    window: int | jnp.ndarray | None = None, softcap: float = 0.0,
 ) -> jnp.ndarray:
     """Dispatches to the configured kernel."""
     if impl == "splash":
-        return splash_attention(q, k, v, q_segment_ids, kv_segment_ids)
-    mask = attention_mask(q_segment_ids, kv_segment_ids, q_index, kv_index)
+        return splash_attention(q, k, v, q_segment_ids, kv_segment_ids, window=window,
+                                softcap=softcap)
+    mask = attention_mask(q_segment_ids, kv_segment_ids, q_index, kv_index, window)
     if impl == "xla":
-        return xla_attention(q, k, v, mask)
+        return xla_attention(q, k, v, mask, softcap)
     if impl == "blockwise":
-        return blockwise_attention(q, k, v, mask)
+        return blockwise_attention(q, k, v, mask, softcap)
     implementation = "cudnn" if impl == "cudnn" else None
     return dot_product_attention(q, k, v, mask, implementation)
 

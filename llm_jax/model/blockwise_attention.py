@@ -7,11 +7,14 @@ laid out row-major as [batch, kv_heads, T * group, head_dim] so that every matmu
 forward and backward pass reads its operands in place, and query block `i` only meets the
 keys up to its own end, which skips almost half of the work. The forward pass keeps the
 unnormalized exponentials and the row sums, the backward pass reuses them (FlashAttention's
-gradient, Dao et al. 2022, Appendix B.2, without the tiling over keys).
+gradient, Dao et al. 2022, Appendix B.2, without the tiling over keys). With a soft cap the
+backward pass recomputes each block's scores for the cap's derivative, 1 - tanh², rather
+than keep a second score tensor.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -40,7 +43,17 @@ def _blocks(length: int) -> list[tuple[int, int]]:
     return [(i * BLOCK, min((i + 1) * BLOCK, length)) for i in range(count)]
 
 
-def _forward(q, k, v, mask):
+def _scores(block_rows, keys, softcap: float):
+    """Scaled scores of a block of query rows against `keys`, soft-capped if asked; with the
+    cap, also tanh(raw / cap) for the backward pass."""
+    raw = jnp.einsum("bkrd,bksd->bkrs", block_rows, keys, preferred_element_type=jnp.float32)
+    if not softcap:
+        return raw, None
+    tanh = jnp.tanh(raw / softcap)
+    return softcap * tanh, tanh
+
+
+def _forward(q, k, v, mask, softcap):
     _, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     group = heads // kv_heads
@@ -49,8 +62,7 @@ def _forward(q, k, v, mask):
     outs, exps, inv_sums = [], [], []
     for first, end in _blocks(length):
         block_rows = rows[:, :, first * group:end * group]
-        scores = jnp.einsum("bkrd,bksd->bkrs", block_rows, keys[:, :, :end],
-                            preferred_element_type=jnp.float32)
+        scores, _ = _scores(block_rows, keys[:, :, :end], softcap)
         scores = scores.reshape(*scores.shape[:2], end - first, group, end)
         visible = mask[:, None, first:end, None, :end]
         scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
@@ -67,7 +79,7 @@ def _forward(q, k, v, mask):
     return _ungroup_rows(out, length).astype(q.dtype), residuals
 
 
-def _backward(residuals, grad_out):
+def _backward(softcap, residuals, grad_out):
     rows, keys, values, exps, inv_sums, out = residuals
     kv_heads, length, head_dim = keys.shape[1], keys.shape[2], keys.shape[3]
     group = rows.shape[2] // length
@@ -86,6 +98,9 @@ def _backward(residuals, grad_out):
         grad_probs = jnp.einsum("bkrd,bksd->bkrs", grad_block, values[:, :, :end],
                                 preferred_element_type=jnp.float32)
         grad_scores = exp * (grad_probs - delta[:, :, span]) * inv_sum
+        if softcap:
+            _, tanh = _scores(rows[:, :, span], keys[:, :, :end], softcap)
+            grad_scores = grad_scores * (1 - tanh * tanh)
         grad_q_blocks.append(jnp.einsum("bkrs,bksd->bkrd", grad_scores, keys[:, :, :end],
                                         preferred_element_type=jnp.float32))
         grad_k = grad_k.at[:, :, :end].add(
@@ -96,11 +111,12 @@ def _backward(residuals, grad_out):
             grad_v.transpose(0, 2, 1, 3).astype(values.dtype), None)
 
 
-@jax.custom_vjp
-def blockwise_attention(q, k, v, mask):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def blockwise_attention(q, k, v, mask, softcap: float = 0.0):
     """Causal grouped-query attention for q_len == kv_len; `mask` [B, T, T] must be causal
-    (blocks never look at keys after their last query) and may add segment boundaries."""
-    return _forward(q, k, v, mask)[0]
+    (blocks never look at keys after their last query) and may add segment boundaries and a
+    sliding window."""
+    return _forward(q, k, v, mask, softcap)[0]
 
 
 blockwise_attention.defvjp(_forward, _backward)

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from llm_jax.config import ModelConfig
-from llm_jax.model.attention import Attention, CacheMeta, LayerKV
+from llm_jax.errors import UserError
+from llm_jax.model.attention import Attention, CacheMeta, LayerKV, layer_windows
 from llm_jax.model.attention_kernels import check_backend
 from llm_jax.model.kv_cache import CACHE_KV_AXES, CACHE_SEGMENT_AXES, KVCache
 from llm_jax.model.layers import Embed, Mlp, Norm, param_with_axes
@@ -40,10 +41,10 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, kv: LayerKV | None = None,
-                 cache_meta: CacheMeta | None = None):
+                 cache_meta: CacheMeta | None = None, window: jnp.ndarray | None = None):
         cfg = self.config
         attn = Attention(cfg, name="attn")(
-            Norm(cfg, name="attn_norm")(x), positions, segment_ids, kv, cache_meta)
+            Norm(cfg, name="attn_norm")(x), positions, segment_ids, kv, cache_meta, window)
         if kv is not None:
             attn, kv = attn
         h = x + attn
@@ -71,18 +72,25 @@ class DecoderStack(nn.Module):
                  cache_meta: CacheMeta | None = None):
         """Hidden states; with stacked cache `kv` [layers, ...], also the updated stack."""
         if self.pipeline_stages > 1 and kv is None and not self.is_initializing():
+            stage_layers = self.config.num_layers // self.pipeline_stages
+            if self.config.global_every and stage_layers % self.config.global_every:
+                raise UserError(
+                    f"model.global_every={self.config.global_every} must divide the "
+                    f"{stage_layers} layers of each of the {self.pipeline_stages} pipeline "
+                    "stages, so that every stage has the same local and global layers")
             return gpipe(self._stage, self.variables["params"]["blocks"], x, positions,
                          segment_ids, self.pipeline_stages, self.pipeline_microbatches)
         stack = nn.scan(
             block_class(self.config),
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, 0),
             length=self.config.num_layers,
             unroll=min(self.config.scan_unroll, self.config.num_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, kv = stack(self.config, name="blocks")(x, positions, segment_ids, kv, cache_meta)
+        x, kv = stack(self.config, name="blocks")(x, positions, segment_ids, kv, cache_meta,
+                                                  layer_windows(self.config))
         return x if kv is None else (x, kv)
 
     def _stage(self, stage_params, x, positions, segment_ids):

@@ -247,3 +247,32 @@ def test_configuration_errors(run_dir: Path, trained_tokenizer: SentencePieceTok
     with pytest.raises(UserError, match="lower data.shards"):
         make_batch_iterator(_config(run_dir, "train.batch_size=1024", "data.shards=1024"),
                             trained_tokenizer, process_index=0, process_count=1)
+
+
+def _rows_per_document(batch: dict[str, np.ndarray], documents: list[bytes]) -> int:
+    """The most rows of `batch` whose first segment (when 16 tokens or more, so that it names
+    its document) comes from one document."""
+    counts: dict[int, int] = {}
+    for row in range(batch["inputs"].shape[0]):
+        piece = batch["inputs"][row][batch["segment_ids"][row] == 1].astype(np.int32)
+        owner = next((i for i, ids in enumerate(documents) if len(piece) >= 16
+                      and piece.tobytes() in ids), -1)
+        counts[owner] = counts.get(owner, 0) + 1
+    counts.pop(-1, None)
+    return max(counts.values(), default=0)
+
+
+def test_rows_of_a_long_document_are_spread_over_batches(
+        run_dir: Path, trained_tokenizer: SentencePieceTokenizer, texts: list[str]) -> None:
+    tok = trained_tokenizer
+    documents = [np.array([tok.bos_id, *tok.encode(t), tok.eos_id], np.int32).tobytes()
+                 for t in texts]
+    host = {"process_index": 0, "process_count": 1}
+    most = {}
+    for rows in (0, 256):
+        config = _config(run_dir, f"data.shuffle_rows={rows}", "data.shards=1")
+        batches = _take(make_batch_iterator(config, tok, **host), 40)
+        most[rows] = np.mean([_rows_per_document(b, documents) for b in batches])
+    # Packed in order, a long document's pieces fill whole batches; shuffled in windows of
+    # 256 rows (32 batches), a batch holds a few rows of each document.
+    assert most[0] > 6 and most[256] < 3.5, most
