@@ -65,7 +65,16 @@ class RopeScalingConfig:
 
 
 ATTENTION_IMPLS = ("xla", "blockwise", "dot_product", "cudnn", "splash")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Activations of a block named with `checkpoint_name` (llm_jax/model/remat.py), and the named
+# policies: the names each keeps; `names` takes them from model.remat_save.
+REMAT_NAMES = ("query_proj", "key_proj", "value_proj", "attention_out", "out_proj",
+               "mlp_hidden", "mlp_out")
+REMAT_PRESETS = {
+    "save_qkv_proj": ("query_proj", "key_proj", "value_proj"),
+    "save_attention": ("query_proj", "key_proj", "value_proj", "attention_out"),
+    "save_out_proj": ("out_proj", "mlp_out"),
+}
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", *REMAT_PRESETS, "names")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +104,8 @@ class ModelConfig:
     attn_softcap: float = 0.0  # scores become cap * tanh(scores / cap) (Gemma 2: 50); 0: off
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"
-    remat: str = "none"  # none | full | dots | dots_no_batch
+    remat: str = "none"  # none | full | dots | dots_no_batch | a REMAT_PRESETS name | names
+    remat_save: str = ""  # remat=names: activations kept for the backward pass (REMAT_NAMES)
     # Layers per iteration of the scanned stack; num_layers unrolls it (faster on CPU and for
     # shallow models, slower to compile for deep ones).
     scan_unroll: int = 1
@@ -110,6 +120,7 @@ class ModelConfig:
         _check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
         _check_choice("model.param_dtype", self.param_dtype, ("float32", "bfloat16"))
         _check_choice("model.remat", self.remat, REMAT_POLICIES)
+        self._check_remat_names()
         if self.global_every and not self.sliding_window:
             raise ConfigError(f"model.global_every={self.global_every} picks the global layers "
                               "among sliding-window ones; set model.sliding_window too")
@@ -128,6 +139,19 @@ class ModelConfig:
             )
         if self.position == "rope" and self.resolved_head_dim % 2:
             raise ConfigError(f"RoPE needs an even head dimension, got {self.resolved_head_dim}")
+
+    def remat_names(self) -> tuple[str, ...]:
+        """The activations a named remat policy keeps (the rest is recomputed)."""
+        if self.remat == "names":
+            return tuple(n.strip() for n in self.remat_save.split(",") if n.strip())
+        return REMAT_PRESETS.get(self.remat, ())
+
+    def _check_remat_names(self) -> None:
+        if self.remat_save and self.remat != "names":
+            raise ConfigError(f"model.remat_save applies to model.remat=names, not "
+                              f"model.remat={self.remat}")
+        for name in self.remat_names():
+            _check_choice("model.remat_save entry", name, REMAT_NAMES)
 
     @property
     def resolved_head_dim(self) -> int:

@@ -110,6 +110,12 @@ def activation_bytes_per_device(config: Config, sizes: dict[str, int]) -> float:
     working_set = matmul_outputs + norms_and_inputs + attention_scores
     if m.remat == "full":
         per_layer = tokens * d * width  # only each block's input is kept
+    elif m.remat not in ("none", "dots", "dots_no_batch"):
+        # The block's input and the activations the named policy keeps on the device.
+        widths = {"query_proj": heads * hd / tp, "key_proj": kv / tp, "value_proj": kv / tp,
+                  "attention_out": heads * hd / tp, "out_proj": d, "mlp_hidden": m.mlp_dim / tp,
+                  "mlp_out": d}
+        per_layer = tokens * (d + sum(widths[name] for name in m.remat_names())) * width
     else:
         per_layer = matmul_outputs + norms_and_inputs
         if m.remat in ("none", "dots"):

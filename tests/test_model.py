@@ -303,9 +303,11 @@ def test_accelerator_kernels_fail_clearly_on_cpu(impl, device):
         logits(dataclasses.replace(config, attention=impl), params, tokens())
 
 
-@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch", "save_qkv_proj",
+                                    "save_attention", "save_out_proj", "names"])
 def test_remat_policies_keep_loss_and_gradients(policy):
     config, params = make()
+    saved = {"remat_save": "mlp_hidden,attention_out"} if policy == "names" else {}
     x = tokens()
 
     def loss(p, cfg):
@@ -314,7 +316,7 @@ def test_remat_policies_keep_loss_and_gradients(policy):
 
     grad_fn = jax.jit(jax.value_and_grad(loss), static_argnums=1)
     ref_loss, ref_grads = grad_fn(params, config)
-    got_loss, got_grads = grad_fn(params, dataclasses.replace(config, remat=policy))
+    got_loss, got_grads = grad_fn(params, dataclasses.replace(config, remat=policy, **saved))
     np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), got_grads, ref_grads)
 

@@ -91,6 +91,21 @@ def test_every_objective_compiles_for_a_tpu_slice(objective):
     assert compiled.arguments > 0 and compiled.outputs > 0 and compiled.flops > 0
 
 
+def test_named_remat_trades_memory_for_recomputation_on_a_tpu_slice():
+    _needs_libtpu()
+    devices = compile_only_devices("v5e", 8)
+    compiled, formula = {}, {}
+    for remat in ("none", "save_qkv_proj", "full"):
+        config = load_config("tiny", [f"model.remat={remat}", "mesh.fsdp=8", "model.num_layers=8",
+                                      "train.batch_size=64", "train.loss_chunk=64"])
+        compiled[remat] = compile_step_memory(config, devices).temporaries
+        formula[remat] = plan_module.activation_bytes_per_device(config, mesh_shape(config.mesh, 8))
+    # Keeping the q, k, v projections of 8 layers costs more than keeping only block inputs,
+    # and less than keeping everything: in XLA's compiled figures and in the formula.
+    assert compiled["full"] < compiled["save_qkv_proj"] < compiled["none"], compiled
+    assert formula["full"] < formula["save_qkv_proj"] < formula["none"], formula
+
+
 def test_the_verdict_follows_xlas_figures_not_the_formula(monkeypatch):
     """With an HBM between the formula's estimate and XLA's figure, XLA decides."""
     _needs_libtpu()

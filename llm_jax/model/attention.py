@@ -12,6 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec
 
 from llm_jax.config import ModelConfig
@@ -68,9 +69,9 @@ class Attention(nn.Module):
         wv = projection("v", (cfg.d_model, kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
         wo = projection("o", (heads, head_dim, cfg.d_model), ("heads", "head_dim", "embed"))
 
-        q = nn.with_logical_constraint(dense(x, wq), Q_AXES)
-        k = nn.with_logical_constraint(dense(x, wk), KV_AXES)
-        v = nn.with_logical_constraint(dense(x, wv), KV_AXES)
+        q = nn.with_logical_constraint(checkpoint_name(dense(x, wq), "query_proj"), Q_AXES)
+        k = nn.with_logical_constraint(checkpoint_name(dense(x, wk), "key_proj"), KV_AXES)
+        v = nn.with_logical_constraint(checkpoint_name(dense(x, wv), "value_proj"), KV_AXES)
         if cfg.qk_norm:
             q = Norm(cfg, axis_name="head_dim", name="q_norm")(q)
             k = Norm(cfg, axis_name="head_dim", name="k_norm")(k)
@@ -92,8 +93,8 @@ class Attention(nn.Module):
                 cfg.attention, q, k, v, segment_ids, segment_ids, index, index, window,
                 cfg.attn_softcap,
             )
-        out = nn.with_logical_constraint(out, Q_AXES)
-        return dense(out, wo, in_axes=2)
+        out = nn.with_logical_constraint(checkpoint_name(out, "attention_out"), Q_AXES)
+        return checkpoint_name(dense(out, wo, in_axes=2), "out_proj")
 
 
 def _attend_cached(cfg: ModelConfig, q, k, v, segment_ids, kv: LayerKV, cache_meta: CacheMeta,

@@ -12,6 +12,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from llm_jax.config import ModelConfig
 
@@ -112,8 +113,9 @@ class Mlp(nn.Module):
             hidden = jax.nn.gelu(hidden, approximate=True)
         else:
             hidden = jnp.square(jax.nn.relu(hidden))
+        hidden = checkpoint_name(hidden, "mlp_hidden")
         hidden = nn.with_logical_constraint(hidden, ("act_batch", "act_length", "act_mlp"))
-        return dense(hidden, down)
+        return checkpoint_name(dense(hidden, down), "mlp_out")
 
 
 class Embed(nn.Module):

@@ -24,15 +24,9 @@ from llm_jax.model.kv_cache import CACHE_KV_AXES, CACHE_SEGMENT_AXES, KVCache
 from llm_jax.model.layers import Embed, Mlp, Norm, param_with_axes
 from llm_jax.model.output_head import vocab_logits
 from llm_jax.model.pipeline import gpipe
+from llm_jax.model.remat import remat_policy
 
 HIDDEN_AXES = ("act_batch", "act_length", "act_embed")
-
-REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
 
 class Block(nn.Module):
     """One pre-norm residual block: x + attn(norm(x)), then h + mlp(norm(h))."""
@@ -56,7 +50,7 @@ def block_class(config: ModelConfig) -> type[nn.Module]:
     """`Block`, wrapped in the configured rematerialization policy."""
     if config.remat == "none":
         return Block
-    return nn.remat(Block, policy=REMAT_POLICIES[config.remat], prevent_cse=False)
+    return nn.remat(Block, policy=remat_policy(config), prevent_cse=False)
 
 
 class DecoderStack(nn.Module):
