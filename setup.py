@@ -25,6 +25,7 @@ setup(
         "safetensors==0.8.0",
         "tensorboardX==2.6.5",
         "matplotlib==3.11.2",
+        "scipy==1.17.1",  # the experiments' confidence intervals, Welch's test and power
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls several GB of CUDA packages on a CPU machine.

@@ -51,6 +51,8 @@ EXPERIMENT = Experiment(
              ("eval_logratio_chosen", "log π/π_ref chosen"),
              ("eval_logratio_rejected", "log π/π_ref rejected")),
     curves=("loss", "rewards_accuracies", "logratio_rejected"),
+    better={"eval_rewards_accuracies": "higher", "eval_rewards_margins": "higher",
+            "eval_logratio_chosen": "neither", "eval_logratio_rejected": "neither"},
 )
 
 if __name__ == "__main__":

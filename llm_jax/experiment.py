@@ -8,9 +8,12 @@ Each variant is trained once per seed on what the experiment's runs share, made 
 `<out>/_data` (`llm_jax.experiment_data`: by default a curated corpus and its tokenizer), through
 the same `train` loop as `llm-jax train` (so runs resume, and finished runs are skipped when the
 command is repeated). The output folder gets `results.csv` (one row per run, every held-out
-metric of its last step), `results.md` (the experiment's columns as mean and standard deviation
-per variant, beside what the paper reported) and `loss_curves.png` (training curves, mean per
-variant).
+metric of its last step), `results.md` (the experiment's columns as mean and 95% confidence
+interval per variant, beside what the paper reported, then each variant against the first
+one: Welch's test, a verdict at p < 0.01 and the seeds 80% power would need; see
+`experiment_stats.py`) and `loss_curves.png` (training curves, mean per variant).
+`--seeds auto` starts with 3 seeds and adds one to every variant until each verdict on the
+first column is decided or `--max-seeds` is reached.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 
 from llm_jax.config import Config, load_config
 from llm_jax.experiment_data import CuratedCorpus, SharedData, train_unless_finished
+from llm_jax.experiment_stats import ALPHA, Comparison, compare, decided, interval
 from llm_jax.train.metrics import read_metrics
 
 
@@ -57,6 +61,8 @@ class Experiment:
     columns: tuple[tuple[str, str], ...] = (("eval_loss", "eval loss"),
                                             ("eval_bpb", "eval bits/byte"))
     curves: tuple[str, ...] = ("loss",)  # training metrics plotted against step
+    # Which way is better for a column's metric: "lower" (the default), "higher" or "neither".
+    better: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def run_config(experiment: Experiment, scale: str, out: Path, variant: Variant, seed: int,
@@ -81,9 +87,15 @@ def train_one(config: Config) -> dict:
             "steps": last["step"]}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    array = np.asarray(values, dtype=np.float64)
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+def _comparisons(experiment: Experiment, rows: list[dict]) -> dict[tuple[str, str], Comparison]:
+    """Every variant but the first against the first, for each column."""
+    def values(label: str, key: str) -> list[float]:
+        return [r.get(key, math.nan) for r in rows if r["variant"] == label]
+
+    base = experiment.variants[0].label
+    return {(variant.label, key): compare(values(variant.label, key), values(base, key),
+                                          experiment.better.get(key, "lower"))
+            for variant in experiment.variants[1:] for key, _ in experiment.columns}
 
 
 def write_results(experiment: Experiment, scale: str, out: Path, rows: list[dict]) -> Path:
@@ -94,20 +106,30 @@ def write_results(experiment: Experiment, scale: str, out: Path, rows: list[dict
     per_variant = []
     headings = [heading for _, heading in experiment.columns]
     lines = [f"# {experiment.name} ({scale} scale)", "", experiment.question, "",
-             f"Reference: {experiment.reference}", "", "Mean ± standard deviation over seeds.",
+             f"Reference: {experiment.reference}", "",
+             "Mean ± half-width of the 95% confidence interval over seeds (Student's t).",
              "", f"| variant | params | {' | '.join(headings)} | seeds |",
              "|---|---|" + "---|" * len(headings) + "---|"]
     for variant in experiment.variants:
         runs = [r for r in rows if r["variant"] == variant.label]
-        stats = {key: _mean_std([r.get(key, math.nan) for r in runs])
+        spans = {key: interval([r.get(key, math.nan) for r in runs])
                  for key, _ in experiment.columns}
         per_variant.append({"variant": variant.label, "params": runs[0]["params"],
                             "non_embedding_params": runs[0]["non_embedding_params"],
-                            **{key: mean for key, (mean, _) in stats.items()},
-                            **{f"{key}_std": std for key, (_, std) in stats.items()}})
-        cells = " | ".join(f"{mean:.4f} ± {std:.4f}" for mean, std in stats.values())
+                            **{key: span.mean for key, span in spans.items()}})
+        cells = " | ".join(f"{span.mean:.4f} ± {span.half_width:.4f}" for span in spans.values())
         lines.append(f"| {variant.label} | {runs[0]['params'] / 1e6:.2f}M | {cells} | "
                      f"{len(runs)} |")
+    base = experiment.variants[0].label
+    lines += ["", f"Against {base}: Welch's t-test, a verdict at p < {ALPHA}, and the seeds per "
+              "arm that 80% power would need at the observed effect.", "",
+              "| variant | metric | difference | p | verdict | seeds for 80% power |",
+              "|---|---|---|---|---|---|"]
+    names = dict(experiment.columns)
+    for (label, key), c in _comparisons(experiment, rows).items():
+        needed = c.seeds_for_power if c.seeds_for_power is not None else "> 1000"
+        lines.append(f"| {label} | {names[key]} | {c.difference:+.4f} | {c.p_value:.3g} | "
+                     f"{c.verdict} | {needed} |")
     if experiment.summarize:
         lines += ["", *experiment.summarize(per_variant)]
     path = out / "results.md"
@@ -144,21 +166,44 @@ def plot_loss_curves(experiment: Experiment, scale: str, out: Path, seeds: Seque
     return path
 
 
-def run_experiment(experiment: Experiment, scale: str, out: Path, seeds: Sequence[int],
-                   extra: Sequence[str] = ()) -> list[dict]:
+AUTO_SEEDS = 3  # where `--seeds auto` starts
+
+
+def run_experiment(experiment: Experiment, scale: str, out: Path, seeds: Sequence[int] | str,
+                   extra: Sequence[str] = (), max_seeds: int = 10) -> list[dict]:
+    """Trains every variant for each seed (`"auto"`: see the module docstring), then writes the
+    table and the plot."""
     out.mkdir(parents=True, exist_ok=True)
     experiment.shared.prepare(experiment, scale, out / "_data", extra)
     key, heading = experiment.columns[0]
-    rows = []
-    for variant in experiment.variants:
-        for seed in seeds:
-            result = train_one(run_config(experiment, scale, out, variant, seed, extra))
-            rows.append({"variant": variant.label, "seed": seed, **result})
-            print(f"{experiment.name}: {variant.label} seed {seed}: {heading} "
-                  f"{result.get(key, math.nan):.4f}", flush=True)
+    count = AUTO_SEEDS if seeds == "auto" else None
+    while True:
+        chosen = range(count) if count is not None else seeds
+        rows = []
+        for variant in experiment.variants:
+            for seed in chosen:
+                result = train_one(run_config(experiment, scale, out, variant, seed, extra))
+                rows.append({"variant": variant.label, "seed": seed, **result})
+                print(f"{experiment.name}: {variant.label} seed {seed}: {heading} "
+                      f"{result.get(key, math.nan):.4f}", flush=True)
+        if count is None:
+            break
+        open_ = [label for (label, column), c in _comparisons(experiment, rows).items()
+                 if column == key and not decided(c)]
+        if not open_ or count >= max_seeds:
+            print(f"--seeds auto: {count} seeds; undecided on {heading}: "
+                  f"{', '.join(open_) or 'none'}", flush=True)
+            break
+        count += 1
     write_results(experiment, scale, out, rows)
-    plot_loss_curves(experiment, scale, out, seeds)
+    plot_loss_curves(experiment, scale, out, list(chosen))
     return rows
+
+
+def _seeds(text: str) -> int | str:
+    if text == "auto" or (text.isdigit() and int(text) >= 1):
+        return text if text == "auto" else int(text)
+    raise argparse.ArgumentTypeError(f"--seeds {text!r}: a number of seeds >= 1, or auto")
 
 
 def main(experiment: Experiment, argv: Sequence[str] | None = None) -> None:
@@ -166,10 +211,14 @@ def main(experiment: Experiment, argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scale", choices=sorted(experiment.scales), default="tiny",
                         help="tiny: minutes on a laptop CPU; full: the paper-sized run on a pod")
     parser.add_argument("--out", default=f"results/{experiment.name}")
-    parser.add_argument("--seeds", type=int, default=3, help="runs per variant (seeds 0..n-1)")
+    parser.add_argument("--seeds", type=_seeds, default=3,
+                        help="runs per variant (seeds 0..n-1), or auto: add seeds until the "
+                             "verdicts on the first column are decided")
+    parser.add_argument("--max-seeds", type=int, default=10, help="the cap of --seeds auto")
     parser.add_argument("overrides", nargs="*", help="key.sub=value applied to every run")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    run_experiment(experiment, args.scale, out, range(args.seeds), args.overrides)
+    seeds = args.seeds if args.seeds == "auto" else range(args.seeds)
+    run_experiment(experiment, args.scale, out, seeds, args.overrides, args.max_seeds)
     print((out / "results.md").read_text())
     print(f"table: {out / 'results.md'}, {out / 'results.csv'}; plot: {out / 'loss_curves.png'}")
