@@ -97,11 +97,13 @@ def test_named_remat_trades_memory_for_recomputation_on_a_tpu_slice():
     compiled, formula = {}, {}
     for remat in ("none", "save_qkv_proj", "full"):
         config = load_config("tiny", [f"model.remat={remat}", "mesh.fsdp=8", "model.num_layers=8",
-                                      "train.batch_size=64", "train.loss_chunk=64"])
+                                      "model.scan_unroll=1", "train.batch_size=64",
+                                      "train.loss_chunk=64"])
         compiled[remat] = compile_step_memory(config, devices).temporaries
         formula[remat] = plan_module.activation_bytes_per_device(config, mesh_shape(config.mesh, 8))
     # Keeping the q, k, v projections of 8 layers costs more than keeping only block inputs,
-    # and less than keeping everything: in XLA's compiled figures and in the formula.
+    # and less than keeping everything: in XLA's compiled figures (measured 29, 37 and 300 MiB
+    # of temporaries) and in the formula.
     assert compiled["full"] < compiled["save_qkv_proj"] < compiled["none"], compiled
     assert formula["full"] < formula["save_qkv_proj"] < formula["none"], formula
 
