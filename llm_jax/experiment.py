@@ -201,8 +201,10 @@ def run_experiment(experiment: Experiment, scale: str, out: Path, seeds: Sequenc
 
 
 def _seeds(text: str) -> int | str:
-    if text == "auto" or (text.isdigit() and int(text) >= 1):
-        return text if text == "auto" else int(text)
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
     raise argparse.ArgumentTypeError(f"--seeds {text!r}: a number of seeds >= 1, or auto")
 
 

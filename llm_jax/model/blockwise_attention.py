@@ -44,13 +44,9 @@ def _blocks(length: int) -> list[tuple[int, int]]:
 
 
 def _scores(block_rows, keys, softcap: float):
-    """Scaled scores of a block of query rows against `keys`, soft-capped if asked; with the
-    cap, also tanh(raw / cap) for the backward pass."""
+    """Scaled scores of a block of query rows against `keys`, soft-capped if asked."""
     raw = jnp.einsum("bkrd,bksd->bkrs", block_rows, keys, preferred_element_type=jnp.float32)
-    if not softcap:
-        return raw, None
-    tanh = jnp.tanh(raw / softcap)
-    return softcap * tanh, tanh
+    return softcap * jnp.tanh(raw / softcap) if softcap else raw
 
 
 def _forward(q, k, v, mask, softcap):
@@ -62,7 +58,7 @@ def _forward(q, k, v, mask, softcap):
     outs, exps, inv_sums = [], [], []
     for first, end in _blocks(length):
         block_rows = rows[:, :, first * group:end * group]
-        scores, _ = _scores(block_rows, keys[:, :, :end], softcap)
+        scores = _scores(block_rows, keys[:, :, :end], softcap)
         scores = scores.reshape(*scores.shape[:2], end - first, group, end)
         visible = mask[:, None, first:end, None, :end]
         scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
@@ -99,7 +95,7 @@ def _backward(softcap, residuals, grad_out):
                                 preferred_element_type=jnp.float32)
         grad_scores = exp * (grad_probs - delta[:, :, span]) * inv_sum
         if softcap:
-            _, tanh = _scores(rows[:, :, span], keys[:, :, :end], softcap)
+            tanh = _scores(rows[:, :, span], keys[:, :, :end], softcap) / softcap
             grad_scores = grad_scores * (1 - tanh * tanh)
         grad_q_blocks.append(jnp.einsum("bkrs,bksd->bkrd", grad_scores, keys[:, :, :end],
                                         preferred_element_type=jnp.float32))
