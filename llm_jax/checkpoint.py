@@ -17,7 +17,6 @@ import ctypes
 import dataclasses
 import json
 import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
@@ -28,6 +27,7 @@ from llm_jax.config import Config, from_dict, load_yaml, save_config
 from llm_jax.data.shards import merge_states
 from llm_jax.data.tokenizer import Tokenizer, load_tokenizer
 from llm_jax.errors import UserError
+from llm_jax.storage import AnyPath, PathLike, path as storage_path
 from llm_jax.model.heads import abstract_train_params
 
 _LIBC = ctypes.CDLL(None) if sys.platform == "linux" else None  # the process's own C library
@@ -37,17 +37,17 @@ STEPS_DIR = "checkpoints"
 TOKENIZER_DIR = "tokenizer"
 
 
-def checkpoint_manager(run_dir: str | Path, keep: int | None = None,
+def checkpoint_manager(run_dir: PathLike, keep: int | None = None,
                        async_save: bool = False) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save
     )
-    return ocp.CheckpointManager(Path(run_dir).absolute() / STEPS_DIR, options=options)
+    return ocp.CheckpointManager(storage_path(run_dir) / STEPS_DIR, options=options)
 
 
-def resolve(path: str | Path) -> tuple[Path, int]:
+def resolve(path: PathLike) -> tuple[AnyPath, int]:
     """(run directory, step) for a run directory or one of its step directories."""
-    path = Path(path).absolute()
+    path = storage_path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
     if path.parent.name == STEPS_DIR and path.name.isdigit():
@@ -60,8 +60,8 @@ def resolve(path: str | Path) -> tuple[Path, int]:
     return path, step
 
 
-def load_run_config(run_dir: str | Path) -> Config:
-    path = Path(run_dir) / CONFIG_FILE
+def load_run_config(run_dir: PathLike) -> Config:
+    path = storage_path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise UserError(f"{path} is missing")
     return from_dict(load_yaml(path))
@@ -85,7 +85,7 @@ def _lookup(config: Config, key: str) -> Any:
     return config
 
 
-def check_resumable(run_dir: str | Path, config: Config) -> None:
+def check_resumable(run_dir: PathLike, config: Config) -> None:
     """Fails, naming the keys, when `config` cannot resume the checkpoints in `run_dir`."""
     saved = load_run_config(run_dir)
     differing = []
@@ -99,9 +99,9 @@ def check_resumable(run_dir: str | Path, config: Config) -> None:
                         "settings it was started with")
 
 
-def save_params(run_dir: str | Path, config: Config, params: Any, step: int = 0) -> Path:
+def save_params(run_dir: PathLike, config: Config, params: Any, step: int = 0) -> AnyPath:
     """Writes config.yaml and one Orbax step holding only `params` (imports, exports)."""
-    run_dir = Path(run_dir).absolute()
+    run_dir = storage_path(run_dir)
     save_config(config, run_dir / CONFIG_FILE)
     manager = checkpoint_manager(run_dir)
     manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
@@ -151,11 +151,11 @@ class _OneAtATimeHandler(ocp.type_handlers.NumpyHandler):
             self._write_in_turn(values, infos, args), name="one_at_a_time")]
 
 
-def save_params_one_at_a_time(run_dir: str | Path, config: Config, sources: Any,
-                              step: int = 0) -> Path:
+def save_params_one_at_a_time(run_dir: PathLike, config: Config, sources: Any,
+                              step: int = 0) -> AnyPath:
     """`save_params` for a pytree of `HostArraySource`s, restored by `restore_params` alike;
     host memory holds one built parameter at a time. A collective on several processes."""
-    run_dir = Path(run_dir).absolute()
+    run_dir = storage_path(run_dir)
     if jax.process_index() == 0:
         save_config(config, run_dir / CONFIG_FILE)
     registry = ocp.type_handlers.create_type_handler_registry(
@@ -170,7 +170,7 @@ def save_params_one_at_a_time(run_dir: str | Path, config: Config, sources: Any,
     return run_dir
 
 
-def restore_params(checkpoint: str | Path, shardings: Any = None) -> tuple[Config, Any]:
+def restore_params(checkpoint: PathLike, shardings: Any = None) -> tuple[Config, Any]:
     """(config, params) from a checkpoint; `shardings` places each parameter's shards (by
     default whole on the first device, whatever mesh the checkpoint was written from)."""
     run_dir, step = resolve(checkpoint)
@@ -189,12 +189,12 @@ def restore_params(checkpoint: str | Path, shardings: Any = None) -> tuple[Confi
     return config, restored["params"]
 
 
-def tokenizer_dir(checkpoint: str | Path) -> Path:
+def tokenizer_dir(checkpoint: PathLike) -> AnyPath:
     run_dir, _ = resolve(checkpoint)
     return run_dir / TOKENIZER_DIR
 
 
-def load_run_tokenizer(checkpoint: str | Path) -> Tokenizer:
+def load_run_tokenizer(checkpoint: PathLike) -> Tokenizer:
     """The tokenizer saved with a checkpoint (run directory or step directory)."""
     directory = tokenizer_dir(checkpoint)
     if not directory.is_dir() or not any(directory.iterdir()):
@@ -204,10 +204,10 @@ def load_run_tokenizer(checkpoint: str | Path) -> Tokenizer:
     return load_tokenizer(directory)
 
 
-def save_run_tokenizer(tokenizer: Tokenizer, run_dir: str | Path) -> None:
+def save_run_tokenizer(tokenizer: Tokenizer, run_dir: PathLike) -> None:
     """Keeps a run directory self-contained (generate, eval and export read its tokenizer
     there): the tokenizer's own files only, never the other files beside them."""
-    tokenizer.save(Path(run_dir) / TOKENIZER_DIR)
+    tokenizer.save(storage_path(run_dir) / TOKENIZER_DIR)
 
 
 def all_data_states(data_state: Any) -> Any:

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from llm_jax import storage
 from llm_jax.config_ranges import NUMERIC_RANGES
 from llm_jax.errors import UserError
 
@@ -624,5 +625,7 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) 
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(config.to_yaml())
+    """Writes the resolved config (a local or gs:// path)."""
+    path = storage.path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.to_yaml())

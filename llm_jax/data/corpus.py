@@ -15,10 +15,10 @@ unfinished run and `CorpusSource` refuses it.
 from __future__ import annotations
 
 import functools
-import os
-from pathlib import Path
+import tempfile
 from typing import Any, Sequence
 
+from llm_jax import storage
 from llm_jax.errors import UserError
 
 DATASET_NAME = "curated"
@@ -63,9 +63,9 @@ def codec() -> RecordCodec:
     return RecordCodec()
 
 
-def curated_dir(config: Any) -> Path:
-    """`data.curated_dir`, or `<run_dir>/curated` when it is empty."""
-    return Path(config.data.curated_dir or Path(config.run_dir) / "curated")
+def curated_dir(config: Any) -> storage.AnyPath:
+    """`data.curated_dir`, or `<run_dir>/curated` when it is empty (either may be `gs://`)."""
+    return storage.path(config.data.curated_dir or storage.path(config.run_dir) / "curated")
 
 
 def encode_record(text: str, doc_id: str, kind: str) -> bytes:
@@ -82,14 +82,15 @@ def shard_name(index: int, count: int) -> str:
     return f"{DATASET_NAME}-{SPLIT}.array_record-{index:05d}-of-{count:05d}"
 
 
-def write_shard(path: str | Path, records: Sequence[bytes] | Any) -> int:
-    """Writes records to `path` through a temporary name, so a crash never leaves a shard that
-    looks whole. Returns the number of records."""
+def write_shard(path: storage.PathLike, records: Sequence[bytes] | Any) -> int:
+    """Writes records to `path` (local or `gs://`) through a temporary local file, so a crash
+    never leaves a shard that looks whole. Returns the number of records."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer = ArrayRecordWriter(str(tmp), "group_size:1")
+    path = storage.path(path)
+    local = None if storage.is_remote(path) else path.parent
+    tmp = tempfile.NamedTemporaryFile(dir=local, prefix=f".{path.name}.", delete=False).name
+    writer = ArrayRecordWriter(tmp, "group_size:1")
     count = 0
     try:
         for record in records:
@@ -97,11 +98,11 @@ def write_shard(path: str | Path, records: Sequence[bytes] | Any) -> int:
             count += 1
     finally:
         writer.close()
-    os.replace(tmp, path)
+    storage.put_file(tmp, path)
     return count
 
 
-def write_metadata(directory: str | Path, shard_lengths: list[int], num_bytes: int) -> None:
+def write_metadata(directory: storage.PathLike, shard_lengths: list[int], num_bytes: int) -> None:
     """Marks the corpus complete by writing TFDS metadata for its shards."""
     import tensorflow_datasets as tfds
 
@@ -114,20 +115,21 @@ def write_metadata(directory: str | Path, shard_lengths: list[int], num_bytes: i
     )
 
 
-def is_complete(directory: str | Path) -> bool:
-    return (Path(directory) / INFO_FILE).is_file()
+def is_complete(directory: storage.PathLike) -> bool:
+    return (storage.path(directory) / INFO_FILE).is_file()
 
 
-def shard_paths(directory: str | Path) -> list[str]:
-    """The shard files of a complete corpus, in order."""
-    directory = Path(directory)
+def shard_paths(directory: storage.PathLike) -> list[str]:
+    """The local shard files of a complete corpus, in order (ArrayRecord reads local files: a
+    `gs://` corpus is read from its local copy, made once per host)."""
+    directory = storage.path(directory)
     if not is_complete(directory):
         raise UserError(
             f"no complete curated corpus in {directory}: run `llm-jax curate` (with the same "
             "--config) first, or point data.curated_dir at one"
         )
-    paths = sorted(directory.glob(f"{DATASET_NAME}-{SPLIT}.array_record-*-of-*"))
-    return [str(p) for p in paths]
+    shards = sorted(directory.glob(f"{DATASET_NAME}-{SPLIT}.array_record-*-of-*"))
+    return [str(storage.local_copy(shard)) for shard in shards]
 
 
 class CorpusSource:
@@ -138,7 +140,7 @@ class CorpusSource:
     reader threads only read.
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: storage.PathLike) -> None:
         self.directory = str(directory)
         self.paths = shard_paths(directory)
         self._open()

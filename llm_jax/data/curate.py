@@ -51,10 +51,11 @@ from datatrove.pipeline.dedup import (
 )
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
 
+from llm_jax import storage
 from llm_jax.config import CURATE_FILTERS, CURATE_FORMATTERS, CURATE_NORMALIZERS, Config
 from llm_jax.data import corpus
 from llm_jax.data.corpus import curated_dir
-from llm_jax.data.curate_output import WORK, prepare_output
+from llm_jax.data.curate_output import WORK, prepare_output, resumes
 from llm_jax.data.curate_steps import (
     CorpusWriter,
     KindFilter,
@@ -78,6 +79,7 @@ from llm_jax.data.sources import ReadProblems, open_source
 from llm_jax.errors import UserError
 
 SETTINGS_VERSION = 1
+REPORT_FILE = "report.json"
 
 
 def document_text(doc: Any) -> str:
@@ -305,6 +307,25 @@ def curate(config: Config, progress: bool = True, force: bool = False) -> dict[s
     out = curated_dir(config)
     source = open_source(config.data)
     resumed = prepare_output(out, _settings(config), force)
+    if not storage.is_remote(out):
+        return _curate_into(config, out, out, source, resumed, progress, started)
+    if resumed and corpus.is_complete(out):  # prepared once, by this or another machine
+        return json.loads((out / REPORT_FILE).read_text())
+    staging = storage.cache_root() / "staging" / str(out)[len(storage.SCHEME):]
+    prepare_output(staging, _settings(config), force=not resumes(staging, _settings(config)))
+    try:
+        report = _curate_into(config, staging, out, source, resumed, progress, started)
+    except UserError:  # the report and the rejected samples say why
+        storage.publish(staging, out, exclude=(WORK,))
+        raise
+    storage.publish(staging, out, last=(corpus.INFO_FILE,), exclude=(WORK,))
+    return report
+
+
+def _curate_into(config: Config, out: Path, shown: storage.AnyPath, source: Any, resumed: bool,
+                 progress: bool, started: float) -> dict[str, Any]:
+    """Curates into the local directory `out`, which the report and messages call `shown` (the
+    `gs://` directory it will be published to, or `out` itself)."""
     plan = build_plan(config, out, source)
     empty_at: str | None = None
     with _Progress(plan.stages, progress, sys.stderr) as bar, _quiet():
@@ -314,8 +335,9 @@ def curate(config: Config, progress: bool = True, force: bool = False) -> dict[s
             if stage.documents_flow and _stage_documents(plan, index) == 0:
                 empty_at = stage.name
                 break
-    report = _build_report(config, plan, out, source.spec, resumed, time.time() - started, empty_at)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = _build_report(config, plan, out, shown, source.spec, resumed, time.time() - started,
+                           empty_at)
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     problems = ReadProblems()
     problems.update(report["read_problems"])
     if report["documents_in"] == 0:
@@ -326,8 +348,8 @@ def curate(config: Config, progress: bool = True, force: bool = False) -> dict[s
         skipped = f" (unusable input skipped: {problems.summary()})" if problems.counts else ""
         raise UserError(
             f"the corpus is empty after curation: {last} removed the last documents of "
-            f"{report['documents_in']} read{skipped}. See {out / 'report.json'} and "
-            f"{out / 'rejected'}; loosen curate.prose_steps / curate.code_steps for this source."
+            f"{report['documents_in']} read{skipped}. See {shown / REPORT_FILE} and "
+            f"{shown / 'rejected'}; loosen curate.prose_steps / curate.code_steps for this source."
         )
     final = plan.stages[-1]
     position = len(final.pipeline) - 1
@@ -336,8 +358,8 @@ def curate(config: Config, progress: bool = True, force: bool = False) -> dict[s
     return report
 
 
-def _build_report(config: Config, plan: _Plan, out: Path, spec: str, resumed: bool, seconds: float,
-                  empty_at: str | None) -> dict[str, Any]:
+def _build_report(config: Config, plan: _Plan, out: Path, shown: storage.AnyPath, spec: str,
+                  resumed: bool, seconds: float, empty_at: str | None) -> dict[str, Any]:
     stats = [stage_stats(stage.logs) for stage in plan.stages]
     problems = ReadProblems()
     for path in sorted((out / WORK / "problems").glob("*.json")):
@@ -356,7 +378,7 @@ def _build_report(config: Config, plan: _Plan, out: Path, spec: str, resumed: bo
                                     "bytes_out": int(first.get("bytes", 0))}
     return {
         "source": spec,
-        "corpus": str(out),
+        "corpus": str(shown),
         "complete": empty_at is None and bool(last["documents_out"]),
         "documents_in": int(first.get("documents", 0)),
         "documents_out": int(last["documents_out"]) if empty_at is None else 0,

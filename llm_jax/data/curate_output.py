@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llm_jax import storage
 from llm_jax.errors import UserError
 
 WORK = "_work"
@@ -21,7 +22,7 @@ SETTINGS_FILE = "settings.json"
 ELSEWHERE = "pass --force to replace it, or choose another data.curated_dir or run_dir"
 
 
-def _settings_record(out: Path) -> Path:
+def _settings_record(out: storage.AnyPath) -> storage.AnyPath:
     return out / WORK / SETTINGS_FILE
 
 
@@ -29,7 +30,7 @@ def _fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def _recorded(out: Path) -> dict[str, Any] | None:
+def _recorded(out: storage.AnyPath) -> dict[str, Any] | None:
     """The record of the curation that made `out`, or None when curate did not make it."""
     path = _settings_record(out)
     if not path.is_file():
@@ -61,13 +62,20 @@ def _settings_changes(before: Any, after: dict[str, Any], limit: int = 4) -> str
     return ", ".join(changed[:limit]) + more
 
 
-def _contents(out: Path, limit: int = 3) -> str:
+def _contents(out: storage.AnyPath, limit: int = 3) -> str:
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
     more = f", ... ({len(names)} entries)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 
 
-def _replace(out: Path) -> None:
+def _is_link(out: storage.AnyPath) -> bool:
+    return not storage.is_remote(out) and out.is_symlink()
+
+
+def _replace(out: storage.AnyPath) -> None:
+    if storage.is_remote(out):
+        storage.remove_tree(out)
+        return
     if Path.cwd().resolve().is_relative_to(out.resolve()):
         raise UserError(f"{out} holds the current directory; curate will not replace it even with "
                         "--force. Choose another data.curated_dir or run_dir")
@@ -77,7 +85,7 @@ def _replace(out: Path) -> None:
         out.unlink()
 
 
-def _refuse_unless_empty(out: Path, record: dict[str, Any] | None,
+def _refuse_unless_empty(out: storage.AnyPath, record: dict[str, Any] | None,
                         settings: dict[str, Any]) -> None:
     if record is not None:
         raise UserError(f"{out} holds a corpus curated with other settings "
@@ -87,21 +95,26 @@ def _refuse_unless_empty(out: Path, record: dict[str, Any] | None,
                         f"{_contents(out)}); {ELSEWHERE}")
 
 
-def prepare_output(out: Path, settings: dict[str, Any], force: bool = False) -> bool:
+def resumes(out: storage.AnyPath, settings: dict[str, Any]) -> bool:
+    """Whether `out` holds curate's own work with these `settings`."""
+    record = _recorded(out) if out.is_dir() else None
+    return record is not None and record.get("fingerprint") == _fingerprint(settings)
+
+
+def prepare_output(out: storage.AnyPath, settings: dict[str, Any], force: bool = False) -> bool:
     """Makes `out` ready for a curation with `settings`; returns True when it resumes one.
 
     Without `force`, `out` must be missing, empty, or curate's own with the same settings;
     anything else raises UserError and is left untouched. With `force`, `out` is replaced.
     """
     if force:
-        if out.exists() or out.is_symlink():
+        if out.exists() or _is_link(out):
             _replace(out)
+    elif resumes(out, settings):
+        return True
     elif out.is_dir():
-        record = _recorded(out)
-        if record is not None and record.get("fingerprint") == _fingerprint(settings):
-            return True
-        _refuse_unless_empty(out, record, settings)
-    elif out.exists() or out.is_symlink():
+        _refuse_unless_empty(out, _recorded(out), settings)
+    elif out.exists() or _is_link(out):
         raise UserError(f"{out} exists and is not a directory; {ELSEWHERE}")
     path = _settings_record(out)
     path.parent.mkdir(parents=True, exist_ok=True)

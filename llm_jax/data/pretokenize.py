@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from llm_jax import storage
 from llm_jax.data.corpus import INFO_FILE, CorpusSource, curated_dir, write_shard
 from llm_jax.errors import UserError
 
@@ -29,12 +29,12 @@ META = "meta.json"
 _BATCH = 256
 
 
-def tokens_dir(config: Any) -> Path:
-    return Path(config.data.tokens_dir or Path(config.run_dir) / "tokens")
+def tokens_dir(config: Any) -> storage.AnyPath:
+    return storage.path(config.data.tokens_dir or storage.path(config.run_dir) / "tokens")
 
 
 def _settings(corpus: CorpusSource, tokenizer: Any) -> dict[str, str]:
-    info = Path(corpus.directory, INFO_FILE).read_bytes()
+    info = (storage.path(corpus.directory) / INFO_FILE).read_bytes()
     return {"corpus": hashlib.sha256(info).hexdigest(), "tokenizer": tokenizer.fingerprint}
 
 
@@ -87,14 +87,15 @@ class TokenSource:
     """Random access to pre-tokenized documents (int32 arrays): a grain data source. Its shards
     are opened when it is made or unpickled, never by grain's reader threads (see CorpusSource)."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: storage.PathLike) -> None:
         self.directory = str(directory)
-        meta = Path(directory, META)
+        meta = storage.path(directory) / META
         if not meta.is_file():
             raise UserError(f"no pre-tokenized corpus in {directory}: run `llm-jax tokenizer "
                             "--pretokenize` (with the same --config) first, or set data.pretokenized=false")
         self.meta = json.loads(meta.read_text())
-        self.paths = sorted(str(p) for p in Path(directory).glob("tokens.array_record-*-of-*"))
+        shards = sorted(storage.path(directory).glob("tokens.array_record-*-of-*"))
+        self.paths = [str(storage.local_copy(shard)) for shard in shards]
         self._open()
 
     def _open(self) -> None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 
+from llm_jax import storage
 from llm_jax.errors import UserError
 
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
@@ -55,7 +55,7 @@ class Tokenizer(Protocol):
 
     def token_byte_lengths(self) -> np.ndarray: ...
 
-    def save(self, directory: str | Path) -> None: ...
+    def save(self, directory: storage.PathLike) -> None: ...
 
 
 def _piece_bytes(piece: str) -> int:
@@ -82,8 +82,8 @@ class SentencePieceTokenizer:
         self.fingerprint = hashlib.sha256(model_proto).hexdigest()
 
     @classmethod
-    def load(cls, path: str | Path) -> "SentencePieceTokenizer":
-        path = Path(path)
+    def load(cls, path: storage.PathLike) -> "SentencePieceTokenizer":
+        path = storage.path(path)
         if not path.is_file():
             raise UserError(
                 f"no tokenizer at {path}: run `llm-jax tokenizer` (with the same --config) first, "
@@ -124,8 +124,8 @@ class SentencePieceTokenizer:
                 lengths[index] = _piece_bytes(self.id_to_token(index))
         return lengths
 
-    def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
+    def save(self, directory: storage.PathLike) -> None:
+        directory = storage.path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / SENTENCEPIECE_FILE).write_bytes(self._proto)
 
@@ -158,16 +158,17 @@ def _generation_eos(directory: Path) -> list[int]:
 
 
 class HFTokenizer:
-    """A Hugging Face tokenizer directory, loaded with `transformers.AutoTokenizer`."""
+    """A Hugging Face tokenizer directory, loaded with `transformers.AutoTokenizer` (which
+    reads local files: a `gs://` directory is read from its local copy)."""
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: storage.PathLike):
         try:
             from transformers import AutoTokenizer
         except ImportError:
             raise UserError(f"{directory} holds a Hugging Face tokenizer; install "
                             "transformers (pip install -e .[hf])") from None
-        self.directory = Path(directory)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        self.directory = storage.local_copy(directory)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.directory))
         self.bos_id = _optional_id(self.tokenizer.bos_token_id)
         self.eos_id = _optional_id(self.tokenizer.eos_token_id)
         self.eos_ids = tuple(sorted(set(
@@ -222,19 +223,19 @@ class HFTokenizer:
                 lengths[index] = len(piece) if byte_level else _piece_bytes(piece)
         return lengths
 
-    def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        if directory.resolve() == self.directory.resolve():
+    def save(self, directory: storage.PathLike) -> None:
+        directory = storage.path(directory)
+        if str(directory) == str(self.directory.resolve()):
             return
         directory.mkdir(parents=True, exist_ok=True)
         for name in self._own_files():
-            shutil.copy2(self.directory / name, directory / name)
+            (directory / name).write_bytes((self.directory / name).read_bytes())
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
+def load_tokenizer(path: storage.PathLike) -> Tokenizer:
     """The tokenizer at `path`: a SentencePiece `.model` file, a `tokenizer.json`, or a
     directory holding either (a Hugging Face directory when it has `tokenizer.json`)."""
-    path = Path(path)
+    path = storage.path(path)
     if path.is_file():
         return HFTokenizer(path.parent) if path.name == HF_FILE else SentencePieceTokenizer.load(path)
     if path.is_dir():

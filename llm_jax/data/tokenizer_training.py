@@ -26,19 +26,20 @@ import dataclasses
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from llm_jax import storage
 from llm_jax.data.tokenizer import BOS, CHAT_TOKENS, EOS, PAD, UNK, SentencePieceTokenizer
 from llm_jax.errors import UserError
 
 
-def default_model_path(config: Any) -> Path:
+def default_model_path(config: Any) -> storage.AnyPath:
     """Where `llm-jax tokenizer` writes: `tokenizer.path`, or
     `<run_dir>/tokenizer/tokenizer.model` when it is empty."""
-    return Path(config.tokenizer.path or Path(config.run_dir) / "tokenizer" / "tokenizer.model")
+    return storage.path(config.tokenizer.path
+                        or storage.path(config.run_dir) / "tokenizer" / "tokenizer.model")
 
 
 def training_lines(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
@@ -59,21 +60,21 @@ def training_lines(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
 
 def train_tokenizer(
     lines: Iterable[str],
-    model_path: str | Path,
+    model_path: storage.PathLike,
     vocab_size: int,
     *,
     character_coverage: float = 0.9995,
     max_sentences: int = 2_000_000,
     max_sentence_bytes: int = 4192,
-) -> Path:
+) -> storage.AnyPath:
     """Trains a BPE model on `lines`; writes `model_path` (and `.vocab` beside it) atomically."""
     import sentencepiece as spm
 
-    model_path = Path(model_path)
+    model_path = storage.path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     counted = _Counter(lines)
     spm.set_random_generator_seed(0)  # the line sample, and so the vocabulary, is reproducible
-    with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=_local_parent(model_path)) as tmp:
         prefix = os.path.join(tmp, "sp")
         try:
             spm.SentencePieceTrainer.train(
@@ -101,9 +102,15 @@ def train_tokenizer(
             )
         except RuntimeError as err:
             raise _vocabulary_error(str(err), vocab_size, counted.lines) from None
-        os.replace(prefix + ".vocab", model_path.with_suffix(".vocab"))
-        os.replace(prefix + ".model", model_path)
+        storage.put_file(prefix + ".vocab", model_path.with_suffix(".vocab"))
+        storage.put_file(prefix + ".model", model_path)
     return model_path
+
+
+def _local_parent(path: storage.AnyPath) -> Path | None:
+    """Where to make a file that becomes `path`: beside it (a rename), or anywhere local for
+    a `gs://` path (an upload)."""
+    return None if storage.is_remote(path) else path.parent
 
 
 class _Counter:
@@ -139,28 +146,32 @@ def _vocabulary_error(message: str, vocab_size: int, lines: int) -> UserError:
     return UserError(f"SentencePiece could not train a tokenizer: {message}")
 
 
-def export_hf(model_path: str | Path, out_dir: str | Path) -> Path:
+def export_hf(model_path: storage.PathLike, out_dir: storage.PathLike) -> storage.AnyPath:
     """A Hugging Face tokenizer directory from the .model file: `LlamaTokenizer` (fast, built by
     transformers' own SentencePiece converter), bos added by default, <pad> and the chat tokens
     registered as special tokens. Loads with `transformers.AutoTokenizer` and gives our ids."""
     from transformers import LlamaTokenizer
 
-    out_dir = Path(out_dir)
+    out_dir = storage.path(out_dir)
+    model = storage.path(model_path).read_bytes()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=_local_parent(out_dir)) as tmp:
         source, target = Path(tmp, "spm"), Path(tmp, "hf")
         source.mkdir()
-        shutil.copy(model_path, source / "tokenizer.model")
+        (source / "tokenizer.model").write_bytes(model)
         tokenizer = LlamaTokenizer.from_pretrained(
             str(source), unk_token=UNK, bos_token=BOS, eos_token=EOS, pad_token=PAD,
             add_prefix_space=False, add_bos_token=True, add_eos_token=False, legacy=False,
             additional_special_tokens=list(CHAT_TOKENS),
         )
         tokenizer.save_pretrained(str(target))
-        shutil.copy(model_path, target / "tokenizer.model")
+        (target / "tokenizer.model").write_bytes(model)
         if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(target, out_dir)
+            storage.remove_tree(out_dir)
+        if storage.is_remote(out_dir):
+            storage.publish(target, out_dir)
+        else:
+            os.replace(target, out_dir)
     return out_dir
 
 
@@ -181,7 +192,8 @@ def train_from_config(config: Any, force: bool = False, progress: bool = True) -
     source = CorpusSource(curated_dir(config))
     model_path = default_model_path(config)
     record_path = model_path.with_name("training.json")
-    settings = {"corpus": hashlib.sha256(Path(source.directory, INFO_FILE).read_bytes()).hexdigest(),
+    info = storage.path(source.directory) / INFO_FILE
+    settings = {"corpus": hashlib.sha256(info.read_bytes()).hexdigest(),
                 **{k: v for k, v in dataclasses.asdict(config.tokenizer).items() if k != "path"}}
     if not force and model_path.is_file() and record_path.is_file():
         previous = json.loads(record_path.read_text())

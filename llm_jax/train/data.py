@@ -3,9 +3,8 @@ tokenized by the run's tokenizer, plus the byte length of every token for bits p
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from llm_jax import checkpoint
+from llm_jax import checkpoint, storage
 from llm_jax.config import Config
 from llm_jax.data.pipeline import make_batch_iterator
 from llm_jax.data.tokenizer import Tokenizer, load_tokenizer
@@ -20,7 +19,7 @@ def run_tokenizer(config: Config) -> Tokenizer:
         return load_tokenizer(config.tokenizer.path)
     if config.train.init_from:
         return checkpoint.load_run_tokenizer(config.train.init_from)
-    own = Path(config.run_dir) / checkpoint.TOKENIZER_DIR
+    own = storage.path(config.run_dir) / checkpoint.TOKENIZER_DIR
     if own.is_dir() and any(own.iterdir()):
         return load_tokenizer(own)
     raise UserError(f"no tokenizer at {own}: run `llm-jax tokenizer` (with the same --config) "

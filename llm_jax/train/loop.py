@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import jax
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from llm_jax import checkpoint
+from llm_jax import checkpoint, storage
 from llm_jax.config import Config, save_config
 from llm_jax.errors import UserError
 from llm_jax.model.pipeline import bubble_fraction
@@ -41,7 +40,7 @@ from llm_jax.train.metrics import MetricsLogger
 
 @dataclasses.dataclass
 class TrainResult:
-    run_dir: Path
+    run_dir: storage.AnyPath
     step: int
     final_loss: float
     eval: dict[str, float]
@@ -93,7 +92,7 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
     directory gets its config and tokenizer once the checkpoint it resumes has loaded."""
     initialize_distributed()
     check_processes_agree(config)
-    run_dir = Path(config.run_dir).absolute()
+    run_dir = storage.path(config.run_dir)
     mesh = make_mesh(config)
     manager = checkpoint.checkpoint_manager(run_dir, keep=config.checkpoint.keep,
                                             async_save=config.checkpoint.async_save)

@@ -8,11 +8,11 @@ as `<run_dir>/post_data.json`, and stops the run when there is too much of it
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jax
 
+from llm_jax import storage
 from llm_jax.config import Config, ConfigError
 from llm_jax.data.chat_format import Message, make_template
 from llm_jax.data.records import RecordError, SkipReport, read_records
@@ -56,7 +56,7 @@ class PostTrainingData:
                 self.report.skip(record, err)
         if self.process_index == 0:
             print(self.report.summary())
-            self.report.save(Path(self.config.run_dir) / REPORT_FILE)
+            self.report.save(storage.path(self.config.run_dir) / REPORT_FILE)
         self.report.check(self.config.post.max_skipped_fraction)
 
     def _encode(self, value: dict) -> None:

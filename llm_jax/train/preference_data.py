@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llm_jax import storage
 from llm_jax.config import Config
 from llm_jax.data.post_pipeline import EncodedPair, preference_batches
 from llm_jax.data.preference import preference_pair
@@ -61,7 +61,7 @@ class PreferenceData(PostTrainingData):
     def attach(self, training: Any, state: Any) -> None:
         self._evaluate = make_objective_eval(training)
         if self.reference is not None:
-            path = Path(self.config.run_dir) / REFERENCE_FILE
+            path = storage.path(self.config.run_dir) / REFERENCE_FILE
             self.reference.update(reference_logprobs(self.config, training, state, self.pairs,
                                                      path, self.tokenizer.pad_id))
 

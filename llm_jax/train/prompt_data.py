@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
+from llm_jax import storage
 from llm_jax.config import Config, ConfigError
 from llm_jax.data.instructions import prompt_messages
 from llm_jax.data.post_pipeline import prompt_index_batches
@@ -70,7 +70,7 @@ class PromptData(PostTrainingData):
             raise UserError("ppo.reward is empty: give a reward model checkpoint directory, a "
                             "built-in reward (exact_match, gsm8k) or module:function")
         reward, reward_model = None, None
-        if Path(spec).is_dir():
+        if storage.path(spec).is_dir():
             reward_model = load_reward_model(spec, training)
             if reward_model.config.model.vocab_size < self.tokenizer.vocab_size:
                 raise UserError(f"the reward model {spec} has a smaller vocabulary than the "

@@ -4,12 +4,12 @@ them and no second copy of the model is kept in the train state."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
+from llm_jax import storage
 from llm_jax.config import Config
 from llm_jax.data.post_pipeline import EncodedPair, ordered_pair_batches
 from llm_jax.errors import UserError
@@ -23,17 +23,18 @@ Reference = dict[int, tuple[float, float]]  # pair index -> (chosen, rejected) l
 REFERENCE_FILE = "reference_logps.npz"
 
 
-def _load(path: Path) -> Reference:
+def _load(path: storage.AnyPath) -> Reference:
     if not path.exists():
         raise UserError(f"resuming dpo.reference=precomputed needs {path}, written when the "
                         "run started; it is missing")
-    saved = np.load(path)
+    with path.open("rb") as f:
+        saved = dict(np.load(f))
     return {int(i): (float(c), float(r))
             for i, c, r in zip(saved["index"], saved["chosen"], saved["rejected"])}
 
 
 def reference_logprobs(config: Config, training: Any, state: Any, pairs: Sequence[EncodedPair],
-                       path: Path, pad_id: int) -> Reference:
+                       path: storage.AnyPath, pad_id: int) -> Reference:
     """Every pair (train and eval splits) scored by `state.params`, or read back from `path`
     when the run resumes past step 0. Every process scores the same global batches of all
     pairs and reads the scores back whole, so each holds them all and a run resumes on any
@@ -53,6 +54,7 @@ def reference_logprobs(config: Config, training: Any, state: Any, pairs: Sequenc
         for k, index in enumerate(chunk):
             reference[int(index)] = (float(chosen[k]), float(rejected[k]))
     if jax.process_index() == 0:
-        np.savez(path, index=indices, chosen=[reference[i][0] for i in indices],
-                 rejected=[reference[i][1] for i in indices])
+        with path.open("wb") as f:
+            np.savez(f, index=indices, chosen=[reference[i][0] for i in indices],
+                     rejected=[reference[i][1] for i in indices])
     return reference
