@@ -26,13 +26,15 @@ setup(
         "tensorboardX==2.6.5",
         "matplotlib==3.11.2",
         "scipy==1.17.1",  # the experiments' confidence intervals, Welch's test and power
+        "gcsfs==2026.10.1",  # gs:// paths: etils.epath's Cloud Storage backend (llm_jax/storage.py)
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls several GB of CUDA packages on a CPU machine.
         "hf": ["torch==2.13.0", "transformers==5.23.0"],
         # trl: its DPO and reward-model losses are what the post-training tests compare with.
+        # gcp-storage-emulator: the Cloud Storage API server the gs:// tests run on localhost.
         "dev": ["pytest==9.2.0", "pytest-timeout==2.4.0", "torch==2.13.0", "transformers==5.23.0",
-                "trl==1.16.0"],
+                "trl==1.16.0", "gcp-storage-emulator==2026.7.19"],
         # libtpu, jax 0.10.2's own (jax[tpu] pins it): JAX on a TPU VM, and anywhere `llm-jax
         # plan --slice` compiling the step for a TPU topology with no TPU present.
         "tpu": ["libtpu==0.0.42.1"],

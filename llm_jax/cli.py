@@ -69,8 +69,9 @@ def _eval(args: argparse.Namespace) -> None:
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+        from llm_jax import storage
+
+        storage.path(args.output).write_text(text + "\n")
 
 
 def _launch(args: argparse.Namespace) -> int:

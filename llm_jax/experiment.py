@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import math
-from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
 
+from llm_jax import storage
 from llm_jax.config import Config, load_config
 from llm_jax.experiment_data import CuratedCorpus, SharedData, train_unless_finished
 from llm_jax.experiment_stats import ALPHA, Comparison, compare, decided, interval
@@ -65,8 +66,8 @@ class Experiment:
     better: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def run_config(experiment: Experiment, scale: str, out: Path, variant: Variant, seed: int,
-               extra: Sequence[str] = ()) -> Config:
+def run_config(experiment: Experiment, scale: str, out: storage.AnyPath, variant: Variant,
+               seed: int, extra: Sequence[str] = ()) -> Config:
     return load_config(experiment.base, [
         *experiment.scales[scale], *variant.overrides_for(scale), *extra,
         f"run_dir={out / variant.label / f'seed{seed}'}", f"seed={seed}",
@@ -98,11 +99,13 @@ def _comparisons(experiment: Experiment, rows: list[dict]) -> dict[tuple[str, st
             for variant in experiment.variants[1:] for key, _ in experiment.columns}
 
 
-def write_results(experiment: Experiment, scale: str, out: Path, rows: list[dict]) -> Path:
-    with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows(rows)
+def write_results(experiment: Experiment, scale: str, out: storage.AnyPath,
+                  rows: list[dict]) -> storage.AnyPath:
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    (out / "results.csv").write_text(table.getvalue())
     per_variant = []
     headings = [heading for _, heading in experiment.columns]
     lines = [f"# {experiment.name} ({scale} scale)", "", experiment.question, "",
@@ -137,7 +140,8 @@ def write_results(experiment: Experiment, scale: str, out: Path, rows: list[dict
     return path
 
 
-def plot_loss_curves(experiment: Experiment, scale: str, out: Path, seeds: Sequence[int]) -> Path:
+def plot_loss_curves(experiment: Experiment, scale: str, out: storage.AnyPath,
+                     seeds: Sequence[int]) -> storage.AnyPath:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,15 +165,18 @@ def plot_loss_curves(experiment: Experiment, scale: str, out: Path, seeds: Seque
     fig.suptitle(f"{experiment.name} ({scale})")
     fig.tight_layout()
     path = out / "loss_curves.png"
-    fig.savefig(path, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
+    path.write_bytes(image.getvalue())
     return path
 
 
 AUTO_SEEDS = 3  # where `--seeds auto` starts
 
 
-def run_experiment(experiment: Experiment, scale: str, out: Path, seeds: Sequence[int] | str,
+def run_experiment(experiment: Experiment, scale: str, out: storage.AnyPath,
+                   seeds: Sequence[int] | str,
                    extra: Sequence[str] = (), max_seeds: int = 10) -> list[dict]:
     """Trains every variant for each seed (`"auto"`: see the module docstring), then writes the
     table and the plot."""
@@ -219,7 +226,7 @@ def main(experiment: Experiment, argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-seeds", type=int, default=10, help="the cap of --seeds auto")
     parser.add_argument("overrides", nargs="*", help="key.sub=value applied to every run")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = storage.path(args.out)
     seeds = args.seeds if args.seeds == "auto" else range(args.seeds)
     run_experiment(experiment, args.scale, out, seeds, args.overrides, args.max_seeds)
     print((out / "results.md").read_text())

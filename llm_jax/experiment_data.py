@@ -10,9 +10,9 @@ which overrides point a run at what it made.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Protocol, Sequence
 
+from llm_jax import storage
 from llm_jax.config import Config, load_config
 from llm_jax.train.metrics import read_metrics
 
@@ -25,10 +25,10 @@ class Experiment(Protocol):
 
 
 class SharedData(Protocol):
-    def prepare(self, experiment: Experiment, scale: str, data_dir: Path,
+    def prepare(self, experiment: Experiment, scale: str, data_dir: storage.AnyPath,
                 extra: Sequence[str]) -> None: ...
 
-    def overrides(self, data_dir: Path) -> tuple[str, ...]: ...
+    def overrides(self, data_dir: storage.AnyPath) -> tuple[str, ...]: ...
 
 
 def train_unless_finished(config: Config) -> list[dict]:
@@ -46,7 +46,7 @@ def train_unless_finished(config: Config) -> list[dict]:
 
 @dataclasses.dataclass(frozen=True)
 class CuratedCorpus:
-    def prepare(self, experiment: Experiment, scale: str, data_dir: Path,
+    def prepare(self, experiment: Experiment, scale: str, data_dir: storage.AnyPath,
                 extra: Sequence[str]) -> None:
         from llm_jax.data.curate import curate
         from llm_jax.data.tokenizer_training import train_from_config
@@ -56,7 +56,7 @@ class CuratedCorpus:
         curate(config, progress=False)
         train_from_config(config, progress=False)
 
-    def overrides(self, data_dir: Path) -> tuple[str, ...]:
+    def overrides(self, data_dir: storage.AnyPath) -> tuple[str, ...]:
         return (f"data.curated_dir={data_dir / 'curated'}",
                 f"tokenizer.path={data_dir / 'tokenizer' / 'tokenizer.model'}")
 
@@ -70,7 +70,7 @@ class ReversalPreferences:
     sft: dict[str, tuple[str, ...]]  # the SFT run's overrides per scale, after the scale's own
     sft_preset: str = "sft-tiny"
 
-    def prepare(self, experiment: Experiment, scale: str, data_dir: Path,
+    def prepare(self, experiment: Experiment, scale: str, data_dir: storage.AnyPath,
                 extra: Sequence[str]) -> None:
         from llm_jax.data import reversal
 
@@ -84,5 +84,5 @@ class ReversalPreferences:
             *experiment.scales[scale], *self.sft[scale], *extra, f"run_dir={data_dir / 'sft'}",
             f"tokenizer.path={tokenizer}", f"post.data={sft}"]))
 
-    def overrides(self, data_dir: Path) -> tuple[str, ...]:
+    def overrides(self, data_dir: storage.AnyPath) -> tuple[str, ...]:
         return (f"train.init_from={data_dir / 'sft'}", f"post.data={data_dir / 'pairs.jsonl'}")

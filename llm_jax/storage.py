@@ -8,7 +8,7 @@ tensorstore. Both types have the same methods, so the code that uses them does n
 
 With `STORAGE_EMULATOR_HOST=http://host:port` set (the variable Google's client libraries read),
 every `gs://` access goes to that server: gcsfs and google-cloud-storage read it themselves, and
-tensorstore is pointed at it here through `TENSORSTORE_GCS_HTTP_URL`.
+tensorstore is pointed at it here through `TENSORSTORE_GCS_HTTP_URL`, before the first access.
 
 The first access to a bucket checks it, so that absent credentials or a missing bucket is one
 line naming the path instead of a hang or a traceback from deep inside a client library.
@@ -19,6 +19,8 @@ through `publish`.
 
 from __future__ import annotations
 
+import fnmatch
+import glob as globlib
 import logging
 import os
 import pathlib
@@ -39,19 +41,22 @@ PathLike = Union[str, os.PathLike]
 _checked_buckets: set[str] = set()
 
 
-def _use_emulator() -> None:
-    """Points tensorstore (Orbax's array writer) at the emulator the other clients already use."""
+def _configure_clients() -> None:
+    """Before the first `gs://` access: gcsfs without its listings cache (a process that
+    polls a directory another process writes, such as a checkpoint directory, would go on
+    seeing the first listing), and tensorstore (Orbax's array writer) pointed at the emulator
+    that the other clients find through STORAGE_EMULATOR_HOST themselves."""
+    import fsspec
+
+    for protocol in ("gs", "gcs"):
+        fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
     host = os.environ.get(EMULATOR)
-    if not host:
-        return
-    os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL",
-                          host if "://" in host else f"http://{host}")
-    # gcsfs asks the control API for each bucket's layout and warns, per bucket, that an
-    # emulator has no credentials for it; the answer does not change how paths behave.
-    logging.getLogger("gcsfs").setLevel(logging.ERROR)
-
-
-_use_emulator()
+    if host:
+        os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL",
+                              host if "://" in host else f"http://{host}")
+        # gcsfs asks the control API for each bucket's layout and warns, per bucket, that an
+        # emulator gives it no credentials; the answer does not change how paths behave.
+        logging.getLogger("gcsfs").setLevel(logging.ERROR)
 
 
 def is_remote(value: PathLike | AnyPath) -> bool:
@@ -96,6 +101,8 @@ def check_bucket(value: PathLike | AnyPath) -> None:
         return
     if not bucket:
         raise UserError(f"{value}: a gs:// path needs a bucket name (gs://BUCKET/...)")
+    if not _checked_buckets:
+        _configure_clients()
     problem = _credentials_missing()
     if problem is None:
         try:
@@ -134,11 +141,26 @@ def _download(remote: epath.Path, local: pathlib.Path) -> None:
             os.unlink(partial)
 
 
-def _files_under(directory: epath.Path) -> list[epath.Path]:
+def files_under(directory: AnyPath) -> list[AnyPath]:
+    """Every file below `directory`, sorted by path (epath's glob has no `**` on GCS)."""
+    if isinstance(directory, pathlib.Path):
+        return sorted((p for p in directory.rglob("*") if p.is_file()), key=str)
     files = []
-    for child in sorted(directory.iterdir()):
-        files += _files_under(child) if child.is_dir() else [child]
-    return files
+    for child in directory.iterdir():
+        files += files_under(child) if child.is_dir() else [child]
+    return sorted(files, key=str)
+
+
+def glob(pattern: str) -> list[str]:
+    """The files a glob pattern matches, sorted; `**` crosses directories, local or `gs://`."""
+    if not is_remote(pattern):
+        return sorted(p for p in globlib.glob(pattern, recursive=True) if os.path.isfile(p))
+    parts = pattern.split("/")
+    first = next(i for i, part in enumerate(parts) if globlib.has_magic(part))
+    root = path("/".join(parts[:first]))
+    if "**" not in pattern:
+        return sorted(str(p) for p in root.glob("/".join(parts[first:])) if p.is_file())
+    return [str(p) for p in files_under(root) if fnmatch.fnmatchcase(str(p), pattern)]
 
 
 def local_copy(value: PathLike | AnyPath) -> pathlib.Path:
@@ -150,7 +172,7 @@ def local_copy(value: PathLike | AnyPath) -> pathlib.Path:
     text = os.fspath(source)
     local = cache_root() / "gcs" / text[len(SCHEME):]
     if source.is_dir():
-        for remote in _files_under(source):
+        for remote in files_under(source):
             _download(remote, local / os.fspath(remote)[len(text):].lstrip("/"))
         return local
     if not source.exists():

@@ -16,7 +16,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llm_jax"
 LAYERS = (
-    ("errors", "xla_flags", "config_ranges", "storage"),
+    ("errors", "xla_flags", "config_ranges"),
+    ("storage",),
     ("config",),
     ("data", "model"),
     ("parallel", "checkpoint"),

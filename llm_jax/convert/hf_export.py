@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -13,7 +12,7 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from llm_jax import checkpoint
+from llm_jax import checkpoint, storage
 from llm_jax.convert.hf_config import hf_config_from_model
 from llm_jax.convert.hf_import import INDEX_FILE, SINGLE_FILE
 from llm_jax.convert.hf_weights import expected_hf_shapes, hf_tensors
@@ -72,10 +71,22 @@ def write_hf_checkpoint(model_config, params, out: str | Path,
     return out
 
 
-def export_hf_checkpoint(checkpoint_dir: str | Path, out: str | Path,
-                         mesh_overrides: Sequence[str] = ()) -> Path:
+def export_hf_checkpoint(checkpoint_dir: storage.PathLike, out: storage.PathLike,
+                         mesh_overrides: Sequence[str] = ()) -> storage.AnyPath:
     """The parameters are restored in their shards over the `mesh.*` settings' mesh (default:
-    fsdp over all devices), so a model larger than one device or host exports too."""
+    fsdp over all devices), so a model larger than one device or host exports too. A `gs://`
+    `out` is written on local disk first (safetensors writes local files), then uploaded."""
+    target = storage.path(out)
+    if not storage.is_remote(target):
+        return _export(checkpoint_dir, target, mesh_overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        _export(checkpoint_dir, Path(tmp), mesh_overrides)
+        if is_main_process():
+            storage.publish(tmp, target)
+    return target
+
+
+def _export(checkpoint_dir: storage.PathLike, out: Path, mesh_overrides: Sequence[str]) -> Path:
     config, params, _ = restore_sharded(checkpoint_dir, mesh_overrides)
     out = write_hf_checkpoint(config.model, params, out)
     tokenizer_dir = checkpoint.tokenizer_dir(checkpoint_dir)  # every process: Orbax syncs them
@@ -86,5 +97,5 @@ def export_hf_checkpoint(checkpoint_dir: str | Path, out: str | Path,
         if files == [tokenizer_dir / SENTENCEPIECE_FILE]:  # ours: as transformers' LlamaTokenizer
             files = list(export_hf(files[0], Path(tmp) / "hf").iterdir())
         for file in files:
-            shutil.copy2(file, out / file.name)
+            (out / file.name).write_bytes(file.read_bytes())
     return out

@@ -9,14 +9,13 @@ memory holds about one parameter, not the model.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
 from safetensors import safe_open
 
-from llm_jax import checkpoint
+from llm_jax import checkpoint, storage
 from llm_jax.config import Config, DataConfig, ModelConfig
 from llm_jax.convert.hf_config import model_config_from_hf
 from llm_jax.convert.hf_weights import (TensorGetter, check_shape, expected_hf_shapes,
@@ -94,15 +93,16 @@ def read_hf_checkpoint(hf_dir: str | Path) -> tuple[ModelConfig, dict]:
     return model_config, params_from_hf(_reader(files), model_config)
 
 
-def _refuse_used_out(out: Path) -> None:
+def _refuse_used_out(out: storage.AnyPath) -> None:
     if (out / checkpoint.STEPS_DIR).exists():
         raise UserError(f"{out} already holds checkpoints; choose an empty --out")
 
 
-def import_hf_checkpoint(hf_dir: str | Path, out: str | Path) -> Path:
-    """Streams a Hugging Face Llama into a new checkpoint directory. On several processes
-    every process takes part in the save, and process 0 alone reads tensors and writes files."""
-    hf_dir, out = Path(hf_dir), Path(out)
+def import_hf_checkpoint(hf_dir: storage.PathLike, out: storage.PathLike) -> storage.AnyPath:
+    """Streams a Hugging Face Llama into a new checkpoint directory (either may be `gs://`;
+    a `gs://` Hugging Face directory is read from its local copy). On several processes every
+    process takes part in the save, and process 0 alone reads tensors and writes files."""
+    hf_dir, out = storage.local_copy(hf_dir), storage.path(out)
     model_config, files = _checked_checkpoint(hf_dir)
     on_process_zero(lambda: _refuse_used_out(out))  # before any process writes there
     seq_len = min(DataConfig().seq_len, model_config.max_seq_len)
@@ -113,5 +113,5 @@ def import_hf_checkpoint(hf_dir: str | Path, out: str | Path) -> Path:
     if copied and jax.process_index() == 0:
         (out / checkpoint.TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
         for name in copied:
-            shutil.copy2(hf_dir / name, out / checkpoint.TOKENIZER_DIR / name)
+            (out / checkpoint.TOKENIZER_DIR / name).write_bytes((hf_dir / name).read_bytes())
     return out

@@ -23,6 +23,7 @@ eval tasks' documents, GSM8K problems and multiple-choice items. The policy:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import gzip
 import itertools
@@ -32,6 +33,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
+from llm_jax import storage
 from llm_jax.errors import UserError
 
 T = TypeVar("T")
@@ -120,14 +122,20 @@ class ReadProblems:
         return UserError(f"nothing usable in {source}: {self.describe()}")
 
 
+@contextlib.contextmanager
+def _open_binary(path: str) -> Iterator[Any]:
+    """A local or `gs://` file for reading bytes, gunzipped when its name ends in .gz."""
+    with storage.path(path).open("rb") as raw:
+        yield gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+
+
 def read_jsonl(path: str | Path, problems: ReadProblems) -> Iterator[Record]:
     """The JSON objects of a JSONL file (gunzipped when the name ends in .gz); every other
     non-blank line, and a damaged gzip stream, is counted in `problems`."""
     path = str(path)
-    opener = gzip.open if path.endswith(".gz") else open
     number = 0
     try:
-        with opener(path, "rb") as handle:
+        with _open_binary(path) as handle:
             for number, raw in enumerate(handle, start=1):
                 if not raw.strip():
                     continue
@@ -159,7 +167,7 @@ def read_text(path: str | Path, problems: ReadProblems) -> str | None:
     text file is skipped whole: its cut-off end would be a wrong document."""
     path = str(path)
     try:
-        raw = Path(path).read_bytes()
+        raw = storage.path(path).read_bytes()
         if path.endswith(".gz"):
             raw = gzip.decompress(raw)
     except _GZIP_ERRORS as err:
@@ -227,7 +235,7 @@ def load_jsonl(path: str | Path, parse: Callable[[Record], T], what: str, limit:
                problems: ReadProblems | None = None) -> list[T]:
     """`collect` over one JSONL file's records that `parse` accepts; `what` names the data in
     the message for a missing file."""
-    if not Path(path).is_file():
+    if not storage.path(path).is_file():
         raise UserError(f"{what} {path} does not exist")
     return collect(str(path), lambda tally: parse_each(read_jsonl(path, tally), parse, tally),
                    limit, problems)

@@ -12,29 +12,29 @@ silently, and a mostly-broken file is never trained on at all.
 from __future__ import annotations
 
 import collections
-import glob
 import json
-from pathlib import Path
 from typing import Any, Iterator
 
+from llm_jax import storage
 from llm_jax.data.readers import ReadProblems, Record, RecordError, read_jsonl, text_field
 from llm_jax.errors import UserError
 
 __all__ = ["Record", "RecordError", "SkipReport", "data_files", "read_records", "text_field"]
 
 
-def data_files(spec: str) -> list[Path]:
-    """`post.data`: comma-separated paths or globs, each matching at least one file."""
+def data_files(spec: str) -> list[storage.AnyPath]:
+    """`post.data`: comma-separated paths or globs (local or `gs://`), each matching at least
+    one file."""
     if not spec.strip():
         raise UserError("post.data is empty: give the JSONL file(s) of the post-training data")
-    files: list[Path] = []
+    files: list[storage.AnyPath] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
-        matches = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
-        if not matches or not all(Path(m).is_file() for m in matches):
+        matches = storage.glob(part) if any(c in part for c in "*?[") else [part]
+        if not matches or not all(storage.path(m).is_file() for m in matches):
             raise UserError(f"post.data: no file at {part}")
-        files.extend(Path(m) for m in matches)
+        files.extend(storage.path(m) for m in matches)
     return files
 
 
@@ -93,8 +93,8 @@ class SkipReport:
                 f"{max_skipped_fraction}. Fix the data (or raise data.seq_len for long ones, or "
                 f"post.max_skipped_fraction); {self.problems.describe()}")
 
-    def save(self, path: str | Path) -> None:
-        path = Path(path)
+    def save(self, path: storage.PathLike) -> None:
+        path = storage.path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 

@@ -58,7 +58,7 @@ def preference_records(vocabulary: Sequence[str]) -> Iterator[dict]:
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    with path.open("w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
     return path

@@ -33,6 +33,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from llm_jax import storage
 from llm_jax.data import stdlib_corpus
 from llm_jax.data.readers import (
     ReadProblems, Record, bad_byte_line, joined_text, open_tfds, parse_each, read_jsonl, read_text,
@@ -255,16 +256,17 @@ class TfdsSource(Source):
 
 
 def _expand(pattern: str) -> list[str]:
-    expanded = str(Path(pattern).expanduser())
+    """The files of a path, glob or directory, local or `gs://` (hidden ones left out)."""
+    expanded = pattern if storage.is_remote(pattern) else str(Path(pattern).expanduser())
     if glob.has_magic(expanded):
-        paths = sorted(p for p in glob.glob(expanded, recursive=True) if Path(p).is_file())
+        paths = storage.glob(expanded)
         if not paths:
             raise UserError(f"data.source: the pattern {pattern!r} matches no files")
         return paths
-    path = Path(expanded)
+    path = storage.path(expanded)
     if path.is_dir():
-        paths = sorted(str(p) for p in path.rglob("*")
-                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        paths = [str(p) for p in storage.files_under(path)
+                 if not any(part.startswith(".") for part in p.relative_to(path).parts)]
         if not paths:
             raise UserError(f"data.source: the directory {pattern} holds no files")
         return paths

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 from typing import Iterator
 
+from llm_jax import storage
 from llm_jax.data.readers import (
     ReadProblems, bad_byte_line, collect, joined_text, open_tfds, parse_each, read_jsonl,
     read_text, tfds_texts)
@@ -63,7 +64,10 @@ def read_documents(spec: str, text_field: str = "text", tfds_data_dir: str | Non
 
         return collect(spec, texts, limit, problems)
     pattern = spec[len("jsonl:"):] if spec.startswith("jsonl:") else spec
-    paths = sorted(glob.glob(pattern))
+    if glob.has_magic(pattern):
+        paths = storage.glob(pattern)
+    else:
+        paths = [pattern] if storage.path(pattern).is_file() else []
     if not paths:
         raise UserError(f"no file matches {pattern}")
     return collect(spec, lambda tally: _file_documents(paths, spec.startswith("jsonl:"), text_field,
