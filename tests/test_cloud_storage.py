@@ -217,3 +217,37 @@ def test_a_missing_bucket_a_wrong_path_and_no_credentials_are_one_line_errors(gc
     line = one_line_error(run_cli(["generate", "--checkpoint", f"gs://{BUCKET}/runs/one",
                                    "--prompt", "x"], no_credentials, devices=1))
     assert f"gs://{BUCKET}/runs/one" in line and "credentials" in line
+
+
+def test_sources_post_data_and_eval_documents_read_gs_like_local_files(gcs, real_data, tmp_path):
+    """data.source (a glob, a directory, jsonl:), post.data and eval data, gzip included."""
+    import gzip
+    import shutil
+
+    from llm_jax.data.records import SkipReport, read_records
+    from llm_jax.data.sources import open_source
+    from llm_jax.eval.documents import read_documents
+
+    local = tmp_path / "data"
+    (local / "web").mkdir(parents=True)
+    shutil.copy(real_data / "clean-prose.jsonl", local / "web" / "prose.jsonl")
+    with gzip.open(local / "web" / "junk.jsonl.gz", "wb") as f:
+        f.write((real_data / "web-junk.jsonl").read_bytes())
+    shutil.copy(real_data / "tinyshakespeare.txt", local / "play.txt")
+    remote = storage.publish(local, f"gs://{BUCKET}/data")
+
+    def read(root):
+        config = load_config("tiny", [f"data.source={root}/web/*.jsonl*"]).data
+        by_glob = [d.text for d in open_source(config).read_all()[0]]
+        config = load_config("tiny", [f"data.source={root}"]).data
+        by_dir = sorted(d.text for d in open_source(config).read_all()[0])
+        report = SkipReport("sft")
+        post = [r.value for r in read_records(f"{root}/web/prose.jsonl,{root}/web/*.gz", report)]
+        documents = read_documents(f"{root}/play.txt") + read_documents(f"jsonl:{root}/web/*.jsonl")
+        return by_glob, by_dir, post, documents
+
+    here, there = read(local), read(remote)
+    assert here == there
+    by_glob, by_dir, post, documents = there
+    assert len(by_glob) == 33 + 13 and len(post) == 33 + 13 and len(documents) == 1 + 33
+    assert len(by_dir) > len(by_glob)  # the play too
