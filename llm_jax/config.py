@@ -197,9 +197,10 @@ class DataConfig:
     max_doc_chars: int = 20000  # text files are split at blank lines into documents up to this size
     tfds_split: str = "train"  # split read from a tfds:NAME source
     tfds_data_dir: str = ""  # TFDS data_dir; empty means TFDS's default
-    curated_dir: str = ""  # curated corpus; empty means <run_dir>/curated
+    curated_dir: str = ""  # curated corpus; empty: <corpora>/<source>-<hash>, or <run_dir>/curated
+    corpora: str = ""  # shared prepared corpora (local or gs://), named by their settings
     pretokenized: bool = False  # read token ids written by `llm-jax tokenizer --pretokenize`
-    tokens_dir: str = ""  # pre-tokenized shards; empty means <run_dir>/tokens
+    tokens_dir: str = ""  # pre-tokenized shards; empty: beside a shared corpus, or <run_dir>/tokens
 
     def __post_init__(self) -> None:
         _check_numbers(self, "data")

@@ -1,4 +1,4 @@
-"""What every run of an experiment shares, made once in `<out>/_data` before the first run.
+"""What every run of an experiment shares, made once before the first run (in `<out>/_data`).
 
 `CuratedCorpus` (the pretraining ablations): the built-in corpus curated, and a tokenizer
 trained on it. `ReversalPreferences` (preference optimization): word-reversal preference pairs
@@ -46,19 +46,35 @@ def train_unless_finished(config: Config) -> list[dict]:
 
 @dataclasses.dataclass(frozen=True)
 class CuratedCorpus:
+    """The corpus and tokenizer of the experiment's settings: in `<out>/_data`, or with
+    `data.corpora` set the shared prepared ones (curated once for every experiment and run with
+    the same data settings, and only read when already there). `_data/corpus.json` records
+    which ones the runs read."""
+
+    RECORD = "corpus.json"
+
     def prepare(self, experiment: Experiment, scale: str, data_dir: storage.AnyPath,
                 extra: Sequence[str]) -> None:
+        import json
+
+        from llm_jax.data.corpus import curated_dir
         from llm_jax.data.curate import curate
-        from llm_jax.data.tokenizer_training import train_from_config
+        from llm_jax.data.tokenizer_training import default_model_path, train_from_config
 
         config = load_config(experiment.base, [*experiment.scales[scale], *extra,
                                                f"run_dir={data_dir}"])
         curate(config, progress=False)
-        train_from_config(config, progress=False)
+        record = train_from_config(config, progress=False)
+        used = {"curated_dir": str(curated_dir(config)),
+                "tokenizer": str(default_model_path(config)), "tokenizer_sha256": record["sha256"]}
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / self.RECORD).write_text(json.dumps(used, indent=2) + "\n")
 
     def overrides(self, data_dir: storage.AnyPath) -> tuple[str, ...]:
-        return (f"data.curated_dir={data_dir / 'curated'}",
-                f"tokenizer.path={data_dir / 'tokenizer' / 'tokenizer.model'}")
+        import json
+
+        used = json.loads((data_dir / self.RECORD).read_text())
+        return (f"data.curated_dir={used['curated_dir']}", f"tokenizer.path={used['tokenizer']}")
 
 
 @dataclasses.dataclass(frozen=True)

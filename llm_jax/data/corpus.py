@@ -14,7 +14,11 @@ unfinished run and `CorpusSource` refuses it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
+import re
 import tempfile
 from typing import Any, Sequence
 
@@ -25,6 +29,7 @@ DATASET_NAME = "curated"
 SPLIT = "train"
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 INFO_FILE = "dataset_info.json"
+SETTINGS_VERSION = 1
 
 
 class RecordCodec:
@@ -63,9 +68,38 @@ def codec() -> RecordCodec:
     return RecordCodec()
 
 
+def curation_settings(config: Any) -> dict[str, Any]:
+    """Every setting that shapes a curated corpus (not how many workers make it, or where)."""
+    d = config.data
+    curate = dataclasses.asdict(config.curate)
+    for how in ("workers", "executor", "slurm_partition", "slurm_time", "slurm_cpus_per_task"):
+        curate.pop(how, None)
+    return {"version": SETTINGS_VERSION, "source": d.source, "text_field": d.text_field,
+            "max_doc_chars": d.max_doc_chars, "tfds_split": d.tfds_split,
+            "tfds_data_dir": d.tfds_data_dir, "curate": curate}
+
+
+def settings_hash(settings: Any) -> str:
+    """12 hex digits of the SHA-256 of `settings` as sorted JSON: a name's version part."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def corpus_name(config: Any) -> str:
+    """`<source>-<hash of the curation settings>`, e.g. `tfds-c4-en-1f3a...`: the runs and
+    experiment arms with the same data settings name the same corpus, and any change of them
+    names another one, so a prepared corpus is never curated twice nor silently replaced."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", config.data.source).strip("-.")[:48] or "corpus"
+    return f"{slug}-{settings_hash(curation_settings(config))}"
+
+
 def curated_dir(config: Any) -> storage.AnyPath:
-    """`data.curated_dir`, or `<run_dir>/curated` when it is empty (either may be `gs://`)."""
-    return storage.path(config.data.curated_dir or storage.path(config.run_dir) / "curated")
+    """`data.curated_dir`; else `<data.corpora>/<corpus_name>`, the shared prepared corpus;
+    else `<run_dir>/curated` (any of them may be `gs://`)."""
+    if config.data.curated_dir:
+        return storage.path(config.data.curated_dir)
+    if config.data.corpora:
+        return storage.path(config.data.corpora) / corpus_name(config)
+    return storage.path(config.run_dir) / "curated"
 
 
 def encode_record(text: str, doc_id: str, kind: str) -> bytes:

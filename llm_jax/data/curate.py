@@ -54,7 +54,7 @@ from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
 from llm_jax import storage
 from llm_jax.config import CURATE_FILTERS, CURATE_FORMATTERS, CURATE_NORMALIZERS, Config
 from llm_jax.data import corpus
-from llm_jax.data.corpus import curated_dir
+from llm_jax.data.corpus import curated_dir, curation_settings
 from llm_jax.data.curate_output import WORK, prepare_output, resumes
 from llm_jax.data.curate_steps import (
     CorpusWriter,
@@ -78,7 +78,6 @@ from llm_jax.data.filters import make_filter, steps_by_kind
 from llm_jax.data.sources import ReadProblems, open_source
 from llm_jax.errors import UserError
 
-SETTINGS_VERSION = 1
 REPORT_FILE = "report.json"
 
 
@@ -194,15 +193,6 @@ def build_plan(config: Config, out: Path, source: Any) -> _Plan:
     return plan
 
 
-def _settings(config: Config) -> dict[str, Any]:
-    d = config.data
-    curate = dataclasses.asdict(config.curate)
-    curate.pop("workers")
-    return {"version": SETTINGS_VERSION, "source": d.source, "text_field": d.text_field,
-            "max_doc_chars": d.max_doc_chars, "tfds_split": d.tfds_split,
-            "tfds_data_dir": d.tfds_data_dir, "curate": curate}
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """datatrove's task logs and inner progress bars go to its log files, not the console.
@@ -306,13 +296,13 @@ def curate(config: Config, progress: bool = True, force: bool = False) -> dict[s
     started = time.time()
     out = curated_dir(config)
     source = open_source(config.data)
-    resumed = prepare_output(out, _settings(config), force)
+    resumed = prepare_output(out, curation_settings(config), force)
     if not storage.is_remote(out):
         return _curate_into(config, out, out, source, resumed, progress, started)
     if resumed and corpus.is_complete(out):  # prepared once, by this or another machine
         return json.loads((out / REPORT_FILE).read_text())
     staging = storage.cache_root() / "staging" / str(out)[len(storage.SCHEME):]
-    prepare_output(staging, _settings(config), force=not resumes(staging, _settings(config)))
+    prepare_output(staging, curation_settings(config), force=not resumes(staging, curation_settings(config)))
     try:
         report = _curate_into(config, staging, out, source, resumed, progress, started)
     except UserError:  # the report and the rejected samples say why
@@ -389,7 +379,7 @@ def _build_report(config: Config, plan: _Plan, out: Path, shown: storage.AnyPath
         "shards": [corpus.shard_name(i, config.curate.tasks) for i in range(config.curate.tasks)],
         "resumed": resumed,
         "seconds": round(seconds, 1),
-        "settings": _settings(config),
+        "settings": curation_settings(config),
     }
 
 

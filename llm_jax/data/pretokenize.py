@@ -6,7 +6,8 @@ without bos/eos), so the input pipeline makes the same split and the same batche
 `meta.json` is written last and names the corpus and tokenizer it was made from; the pipeline
 refuses shards made from another one.
 
-Layout of `data.tokens_dir` (default `<run_dir>/tokens`):
+Layout of `data.tokens_dir` (default `<run_dir>/tokens`, or `<corpus>/tokens-<tokenizer>` beside a
+shared corpus, `data.corpora`):
 
     tokens.array_record-0000k-of-0000n
     meta.json
@@ -29,8 +30,14 @@ META = "meta.json"
 _BATCH = 256
 
 
-def tokens_dir(config: Any) -> storage.AnyPath:
-    return storage.path(config.data.tokens_dir or storage.path(config.run_dir) / "tokens")
+def tokens_dir(config: Any, tokenizer: Any) -> storage.AnyPath:
+    """`data.tokens_dir`; else beside a shared corpus (`data.corpora`), one folder per
+    tokenizer; else `<run_dir>/tokens`."""
+    if config.data.tokens_dir:
+        return storage.path(config.data.tokens_dir)
+    if config.data.corpora:
+        return curated_dir(config) / f"tokens-{tokenizer.fingerprint[:12]}"
+    return storage.path(config.run_dir) / "tokens"
 
 
 def _settings(corpus: CorpusSource, tokenizer: Any) -> dict[str, str]:
@@ -43,12 +50,12 @@ def _shard_name(index: int, count: int) -> str:
 
 
 def pretokenize(config: Any, tokenizer: Any, progress: bool = True) -> dict[str, Any]:
-    """Encodes the curated corpus into `tokens_dir(config)`; skipped when already done."""
+    """Encodes the curated corpus into `tokens_dir`; skipped when already done."""
     from tqdm import tqdm
 
     started = time.time()
     corpus = CorpusSource(curated_dir(config))
-    out = tokens_dir(config)
+    out = tokens_dir(config, tokenizer)
     settings = _settings(corpus, tokenizer)
     meta_path = out / META
     if meta_path.is_file():
@@ -106,7 +113,7 @@ class TokenSource:
     @classmethod
     def open(cls, config: Any, tokenizer: Any) -> "TokenSource":
         """The pre-tokenized corpus of `config`, checked against the corpus and the tokenizer."""
-        source = cls(tokens_dir(config))
+        source = cls(tokens_dir(config, tokenizer))
         expected = _settings(CorpusSource(curated_dir(config)), tokenizer)
         if source.meta.get("settings") != expected:
             raise UserError(f"the pre-tokenized corpus in {source.directory} was made from another "

@@ -31,15 +31,25 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from llm_jax import storage
+from llm_jax.data.corpus import INFO_FILE, CorpusSource, curated_dir, settings_hash
 from llm_jax.data.tokenizer import BOS, CHAT_TOKENS, EOS, PAD, UNK, SentencePieceTokenizer
 from llm_jax.errors import UserError
 
 
 def default_model_path(config: Any) -> storage.AnyPath:
-    """Where `llm-jax tokenizer` writes: `tokenizer.path`, or
-    `<run_dir>/tokenizer/tokenizer.model` when it is empty."""
-    return storage.path(config.tokenizer.path
-                        or storage.path(config.run_dir) / "tokenizer" / "tokenizer.model")
+    """Where `llm-jax tokenizer` writes: `tokenizer.path`; else, with `data.corpora`, beside
+    the shared corpus as `tokenizer-<hash of the tokenizer settings>/tokenizer.model` (every
+    run of that corpus and those settings reads it); else `<run_dir>/tokenizer/tokenizer.model`."""
+    if config.tokenizer.path:
+        return storage.path(config.tokenizer.path)
+    if config.data.corpora:
+        version = settings_hash(_tokenizer_settings(config))
+        return curated_dir(config) / f"tokenizer-{version}" / "tokenizer.model"
+    return storage.path(config.run_dir) / "tokenizer" / "tokenizer.model"
+
+
+def _tokenizer_settings(config: Any) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(config.tokenizer).items() if k != "path"}
 
 
 def training_lines(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
@@ -186,15 +196,13 @@ def train_from_config(config: Any, force: bool = False, progress: bool = True) -
 
     from tqdm import tqdm
 
-    from llm_jax.data.corpus import INFO_FILE, CorpusSource, curated_dir
-
     started = time.time()
     source = CorpusSource(curated_dir(config))
     model_path = default_model_path(config)
     record_path = model_path.with_name("training.json")
     info = storage.path(source.directory) / INFO_FILE
     settings = {"corpus": hashlib.sha256(info.read_bytes()).hexdigest(),
-                **{k: v for k, v in dataclasses.asdict(config.tokenizer).items() if k != "path"}}
+                **_tokenizer_settings(config)}
     if not force and model_path.is_file() and record_path.is_file():
         previous = json.loads(record_path.read_text())
         if previous.get("settings") == settings:

@@ -8,6 +8,7 @@ from llm_jax import checkpoint, storage
 from llm_jax.config import Config
 from llm_jax.data.pipeline import make_batch_iterator
 from llm_jax.data.tokenizer import Tokenizer, load_tokenizer
+from llm_jax.data.tokenizer_training import default_model_path
 from llm_jax.errors import UserError
 
 
@@ -19,6 +20,8 @@ def run_tokenizer(config: Config) -> Tokenizer:
         return load_tokenizer(config.tokenizer.path)
     if config.train.init_from:
         return checkpoint.load_run_tokenizer(config.train.init_from)
+    if config.data.corpora:  # the one `llm-jax tokenizer` trained beside the shared corpus
+        return load_tokenizer(default_model_path(config))
     own = storage.path(config.run_dir) / checkpoint.TOKENIZER_DIR
     if own.is_dir() and any(own.iterdir()):
         return load_tokenizer(own)
