@@ -119,6 +119,11 @@ def _curate(args: argparse.Namespace) -> None:
     check_processes_agree(config)
     report = on_process_zero(lambda: curate(config, progress=not args.no_progress,
                                             force=args.force))
+    if report.get("submitted"):
+        print(f"submitted the {report['submitted']} stages as Slurm jobs (logs: {report['logs']}); "
+              "when they have finished, run this command again to write the corpus metadata "
+              "and report.json")
+        return
     print(format_report(report))
     print(f"{report['documents_out']:,} of {report['documents_in']:,} documents kept in "
           f"{report['seconds']} s -> {report['corpus']} (report.json, rejected/)")

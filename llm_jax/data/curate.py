@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from datatrove.executor import LocalPipelineExecutor
+from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 from datatrove.pipeline.dedup import (
     ExactDedupFilter,
     ExactDedupSignature,
@@ -239,6 +239,50 @@ def _executor(stage: Stage) -> QuietExecutor:
                          logging_dir=str(stage.logs), skip_completed=True)
 
 
+def _run_locally(plan: _Plan, progress: bool) -> str | None:
+    """Runs the stages one after another in this machine's processes; returns the name of the
+    stage that left no documents (the later ones are not run), if one did."""
+    with _Progress(plan.stages, progress, sys.stderr) as bar, _quiet():
+        for index, stage in enumerate(plan.stages):
+            bar.current = stage.name
+            _executor(stage).run()
+            if stage.documents_flow and _stage_documents(plan, index) == 0:
+                return stage.name
+    return None
+
+
+def _slurm_executors(config: Config, plan: _Plan) -> list[SlurmPipelineExecutor]:
+    """One job array per stage, each depending on the one before (datatrove's own chaining)."""
+    c = config.curate
+    executors: list[SlurmPipelineExecutor] = []
+    for index, stage in enumerate(plan.stages):
+        executors.append(SlurmPipelineExecutor(
+            stage.pipeline, tasks=stage.tasks, time=c.slurm_time, partition=c.slurm_partition,
+            cpus_per_task=c.slurm_cpus_per_task, workers=c.workers or -1,
+            job_name=f"curate-{index:02d}-{stage.name.replace(' ', '-')}",
+            logging_dir=str(stage.logs), depends=executors[-1] if executors else None,
+            skip_completed=True))
+    return executors
+
+
+def _run_on_slurm(config: Config, plan: _Plan, progress: bool) -> bool:
+    """Submits the stages' unfinished tasks as Slurm jobs; True when every task is done (a
+    cluster runs the jobs later: curate is run again, with the same settings, to finish).
+    datatrove's submission log goes to its log files, like its task logs."""
+    executors = _slurm_executors(config, plan)
+    if any(executor.get_incomplete_ranks() for executor in executors):
+        with _Progress(plan.stages, progress, sys.stderr), _quiet():
+            executors[-1].run()
+    return not any(executor.get_incomplete_ranks() for executor in _slurm_executors(config, plan))
+
+
+def _first_empty_stage(plan: _Plan) -> str | None:
+    for index, stage in enumerate(plan.stages):
+        if stage.documents_flow and _stage_documents(plan, index) == 0:
+            return stage.name
+    return None
+
+
 class _Progress:
     """A tqdm bar over all tasks of all stages, fed by datatrove's completion markers."""
 
@@ -308,7 +352,8 @@ def curate(config: Config, progress: bool = True, force: bool = False) -> dict[s
     except UserError:  # the report and the rejected samples say why
         storage.publish(staging, out, exclude=(WORK,))
         raise
-    storage.publish(staging, out, last=(corpus.INFO_FILE,), exclude=(WORK,))
+    if report["complete"]:
+        storage.publish(staging, out, last=(corpus.INFO_FILE,), exclude=(WORK,))
     return report
 
 
@@ -317,14 +362,13 @@ def _curate_into(config: Config, out: Path, shown: storage.AnyPath, source: Any,
     """Curates into the local directory `out`, which the report and messages call `shown` (the
     `gs://` directory it will be published to, or `out` itself)."""
     plan = build_plan(config, out, source)
-    empty_at: str | None = None
-    with _Progress(plan.stages, progress, sys.stderr) as bar, _quiet():
-        for index, stage in enumerate(plan.stages):
-            bar.current = stage.name
-            _executor(stage).run()
-            if stage.documents_flow and _stage_documents(plan, index) == 0:
-                empty_at = stage.name
-                break
+    if config.curate.executor == "local":
+        empty_at = _run_locally(plan, progress)
+    elif _run_on_slurm(config, plan, progress):
+        empty_at = _first_empty_stage(plan)
+    else:
+        return {"corpus": str(shown), "complete": False, "submitted": len(plan.stages),
+                "logs": str(out / WORK / "logs")}
     report = _build_report(config, plan, out, shown, source.spec, resumed, time.time() - started,
                            empty_at)
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
