@@ -68,11 +68,10 @@ class Experiment:
 
 def run_config(experiment: Experiment, scale: str, out: storage.AnyPath, variant: Variant,
                seed: int, extra: Sequence[str] = ()) -> Config:
-    return load_config(experiment.base, [
-        *experiment.scales[scale], *variant.overrides_for(scale), *extra,
-        f"run_dir={out / variant.label / f'seed{seed}'}", f"seed={seed}",
-        *experiment.shared.overrides(out / "_data"),
-    ])
+    settings = [*experiment.scales[scale], *variant.overrides_for(scale), *extra,
+                f"run_dir={out / variant.label / f'seed{seed}'}", f"seed={seed}"]
+    shared = experiment.shared.overrides(out / "_data", load_config(experiment.base, settings))
+    return load_config(experiment.base, [*settings, *shared])
 
 
 def train_one(config: Config) -> dict:

@@ -28,7 +28,8 @@ class SharedData(Protocol):
     def prepare(self, experiment: Experiment, scale: str, data_dir: storage.AnyPath,
                 extra: Sequence[str]) -> None: ...
 
-    def overrides(self, data_dir: storage.AnyPath) -> tuple[str, ...]: ...
+    def overrides(self, data_dir: storage.AnyPath, config: Config) -> tuple[str, ...]:
+        """What points a run (`config`, before these) at what `prepare` made."""
 
 
 def train_unless_finished(config: Config) -> list[dict]:
@@ -48,8 +49,8 @@ def train_unless_finished(config: Config) -> list[dict]:
 class CuratedCorpus:
     """The corpus and tokenizer of the experiment's settings: in `<out>/_data`, or with
     `data.corpora` set the shared prepared ones (curated once for every experiment and run with
-    the same data settings, and only read when already there). `_data/corpus.json` records
-    which ones the runs read."""
+    the same data settings, and only read when already there), which the runs find by their
+    settings. `_data/corpus.json` records which ones they read."""
 
     RECORD = "corpus.json"
 
@@ -70,11 +71,11 @@ class CuratedCorpus:
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / self.RECORD).write_text(json.dumps(used, indent=2) + "\n")
 
-    def overrides(self, data_dir: storage.AnyPath) -> tuple[str, ...]:
-        import json
-
-        used = json.loads((data_dir / self.RECORD).read_text())
-        return (f"data.curated_dir={used['curated_dir']}", f"tokenizer.path={used['tokenizer']}")
+    def overrides(self, data_dir: storage.AnyPath, config: Config) -> tuple[str, ...]:
+        if config.data.corpora:
+            return ()
+        return (f"data.curated_dir={data_dir / 'curated'}",
+                f"tokenizer.path={data_dir / 'tokenizer' / 'tokenizer.model'}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,5 +101,5 @@ class ReversalPreferences:
             *experiment.scales[scale], *self.sft[scale], *extra, f"run_dir={data_dir / 'sft'}",
             f"tokenizer.path={tokenizer}", f"post.data={sft}"]))
 
-    def overrides(self, data_dir: storage.AnyPath) -> tuple[str, ...]:
+    def overrides(self, data_dir: storage.AnyPath, config: Config) -> tuple[str, ...]:
         return (f"train.init_from={data_dir / 'sft'}", f"post.data={data_dir / 'pairs.jsonl'}")

@@ -40,7 +40,7 @@ class _NoData:
     def prepare(self, *args) -> None:
         pass
 
-    def overrides(self, data_dir) -> tuple[str, ...]:
+    def overrides(self, data_dir, config) -> tuple[str, ...]:
         return ()
 
 

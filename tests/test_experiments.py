@@ -95,3 +95,18 @@ def test_scaling_fit_recovers_a_known_exponent():
                for n in (1e5, 3e5, 1e6, 3e6)]
     [line] = module.fit_power_law(results)
     assert "N^(-0.0800)" in line and "R² = 1.000" in line
+
+
+def test_full_scale_runs_read_the_shared_prepared_corpus_and_tiny_runs_their_own():
+    from llm_jax.data.corpus import corpus_name, curated_dir
+    from llm_jax.data.tokenizer_training import default_model_path
+    from llm_jax.experiment import run_config
+
+    experiment = load("positions")
+    variant = experiment.variants[0]
+    full = run_config(experiment, "full", Path("/tmp/x"), variant, 0,
+                      ["data.corpora=/shared/corpora"])
+    assert str(curated_dir(full)) == f"/shared/corpora/{corpus_name(full)}"
+    assert str(default_model_path(full)).startswith(str(curated_dir(full)) + "/tokenizer-")
+    tiny = run_config(experiment, "tiny", Path("/tmp/x"), variant, 0)
+    assert tiny.data.curated_dir == "/tmp/x/_data/curated"

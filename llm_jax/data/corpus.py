@@ -84,12 +84,21 @@ def settings_hash(settings: Any) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
+# How a corpus is split into tasks and how much of what it removed is kept for a person: the
+# corpus's name leaves them out, so that the runs reading a corpus need not repeat them (curate
+# itself still refuses to resume a corpus made with other values).
+NOT_IN_NAME = ("tasks", "rejected_samples")
+
+
 def corpus_name(config: Any) -> str:
     """`<source>-<hash of the curation settings>`, e.g. `tfds-c4-en-1f3a...`: the runs and
     experiment arms with the same data settings name the same corpus, and any change of them
     names another one, so a prepared corpus is never curated twice nor silently replaced."""
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", config.data.source).strip("-.")[:48] or "corpus"
-    return f"{slug}-{settings_hash(curation_settings(config))}"
+    settings = curation_settings(config)
+    for how in NOT_IN_NAME:
+        settings["curate"].pop(how)
+    return f"{slug}-{settings_hash(settings)}"
 
 
 def curated_dir(config: Any) -> storage.AnyPath:

@@ -18,7 +18,8 @@ def test_the_corpus_name_changes_with_what_shapes_the_corpus_only(tmp_path):
     base = corpus_name(_config(tmp_path))
     assert base.startswith("stdlib-") and len(base) == len("stdlib-") + 12
     assert corpus_name(_config(tmp_path, "run_dir=elsewhere", "curate.workers=7",
-                               "train.steps=5", "tokenizer.vocab_size=500")) == base
+                               "curate.tasks=64", "curate.executor=slurm", "train.steps=5",
+                               "tokenizer.vocab_size=500")) == base
     assert corpus_name(_config(tmp_path, "curate.minhash=false")) != base
     assert corpus_name(_config(tmp_path, "data.max_doc_chars=5000")) != base
     assert corpus_name(load_config("tiny", ["data.source=jsonl:/data/web/*.jsonl.gz"])).startswith(
