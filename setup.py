@@ -51,6 +51,7 @@ setup(
             "alt-profanity-check==1.9.1",
             "scikit-learn==1.9.1",
             "importlib_resources==7.1.0",  # tfds imports it to download and prepare a dataset
+            "ray==2.60.0",  # curate.executor=ray
         ],
     },
     entry_points={"console_scripts": ["llm-jax=llm_jax.cli:main"]},

@@ -248,14 +248,14 @@ class CurateConfig:
     tasks: int = 4  # shards of the corpus; each is one resumable task and one output file
     workers: int = 1  # tasks run at once, each in its own process when > 1; 0: one per CPU
     rejected_samples: int = 20  # rejected documents kept per step for a person to inspect
-    executor: str = "local"  # local | slurm: datatrove's executor for the stages' tasks
-    slurm_partition: str = ""  # with executor=slurm: the partition, time limit and CPUs per task
+    executor: str = "local"  # local | slurm | ray: datatrove's executor for the stages' tasks
+    cpus_per_task: int = 1  # with executor=slurm or ray
+    slurm_partition: str = ""  # with executor=slurm: the partition and time limit of its jobs
     slurm_time: str = "4:00:00"
-    slurm_cpus_per_task: int = 1
 
     def __post_init__(self) -> None:
         _check_numbers(self, "curate")
-        _check_choice("curate.executor", self.executor, ("local", "slurm"))
+        _check_choice("curate.executor", self.executor, ("local", "slurm", "ray"))
         for key in ("prose_steps", "code_steps"):
             for name in self.step_names(key.split("_")[0]):
                 _check_choice(f"curate.{key} entry", name, CURATE_STEPS)

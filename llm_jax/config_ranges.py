@@ -120,7 +120,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "curate.max_documents": count_or("the whole source"),
     "curate.tasks": COUNT,
     "curate.workers": count_or("one per CPU"),
-    "curate.slurm_cpus_per_task": COUNT,
+    "curate.cpus_per_task": COUNT,
     "curate.rejected_samples": NON_NEGATIVE,
     # optimizer
     "optimizer.lr": POSITIVE,

@@ -72,7 +72,7 @@ def curation_settings(config: Any) -> dict[str, Any]:
     """Every setting that shapes a curated corpus (not how many workers make it, or where)."""
     d = config.data
     curate = dataclasses.asdict(config.curate)
-    for how in ("workers", "executor", "slurm_partition", "slurm_time", "slurm_cpus_per_task"):
+    for how in ("workers", "executor", "cpus_per_task", "slurm_partition", "slurm_time"):
         curate.pop(how, None)
     return {"version": SETTINGS_VERSION, "source": d.source, "text_field": d.text_field,
             "max_doc_chars": d.max_doc_chars, "tfds_split": d.tfds_split,

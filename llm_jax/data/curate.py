@@ -1,7 +1,11 @@
 """`llm-jax curate`: raw source -> filtered, deduplicated, PII-scrubbed corpus + report.json.
 
-The run is a chain of datatrove stages executed by `LocalPipelineExecutor` (swap in datatrove's
-SLURM or Ray executor for corpora that outgrow one machine; the stages stay the same):
+The run is a chain of datatrove stages, run by the datatrove executor `curate.executor` names:
+`local` (this machine's processes), `ray` (the tasks of a Ray cluster: RAY_ADDRESS, or a new
+local one) or `slurm` (one job array per stage, each depending on the one before; the command
+returns once they are submitted, and run again after they finish it writes the corpus
+metadata). The stages are the same for all three; a cluster needs its nodes to share the
+output directory's file system:
 
     filter       read the source, join hard-wrapped paragraphs, apply the published quality
                  filters and the toxicity filter to the documents of the kinds they suit, write
@@ -38,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
+from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor, SlurmPipelineExecutor
 from datatrove.pipeline.dedup import (
     ExactDedupFilter,
     ExactDedupSignature,
@@ -234,18 +238,37 @@ class QuietExecutor(LocalPipelineExecutor):
         return super()._run_for_rank(rank, local_rank=1, node_rank=node_rank)
 
 
-def _executor(stage: Stage) -> QuietExecutor:
+def _executor(config: Config, stage: Stage) -> Any:
+    """This machine's processes (`local`), or the tasks of a Ray cluster (`ray`)."""
+    if config.curate.executor == "ray":
+        return RayPipelineExecutor(stage.pipeline, tasks=stage.tasks,
+                                   workers=config.curate.workers or -1,
+                                   cpus_per_task=config.curate.cpus_per_task,
+                                   logging_dir=str(stage.logs), skip_completed=True)
     return QuietExecutor(stage.pipeline, tasks=stage.tasks, workers=min(stage.workers, stage.tasks),
                          logging_dir=str(stage.logs), skip_completed=True)
 
 
-def _run_locally(plan: _Plan, progress: bool) -> str | None:
-    """Runs the stages one after another in this machine's processes; returns the name of the
-    stage that left no documents (the later ones are not run), if one did."""
+def _connect_ray() -> None:
+    """The cluster that RAY_ADDRESS (or `ray start` on this machine) names, else a new local
+    one with this machine's CPUs."""
+    import logging
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
+
+
+def _run_in_turn(config: Config, plan: _Plan, progress: bool) -> str | None:
+    """Runs the stages one after another, each to its end; returns the name of the stage that
+    left no documents (the later ones are not run), if one did."""
+    if config.curate.executor == "ray":
+        _connect_ray()
     with _Progress(plan.stages, progress, sys.stderr) as bar, _quiet():
         for index, stage in enumerate(plan.stages):
             bar.current = stage.name
-            _executor(stage).run()
+            _executor(config, stage).run()
             if stage.documents_flow and _stage_documents(plan, index) == 0:
                 return stage.name
     return None
@@ -258,7 +281,7 @@ def _slurm_executors(config: Config, plan: _Plan) -> list[SlurmPipelineExecutor]
     for index, stage in enumerate(plan.stages):
         executors.append(SlurmPipelineExecutor(
             stage.pipeline, tasks=stage.tasks, time=c.slurm_time, partition=c.slurm_partition,
-            cpus_per_task=c.slurm_cpus_per_task, workers=c.workers or -1,
+            cpus_per_task=c.cpus_per_task, workers=c.workers or -1,
             job_name=f"curate-{index:02d}-{stage.name.replace(' ', '-')}",
             logging_dir=str(stage.logs), depends=executors[-1] if executors else None,
             skip_completed=True))
@@ -362,8 +385,8 @@ def _curate_into(config: Config, out: Path, shown: storage.AnyPath, source: Any,
     """Curates into the local directory `out`, which the report and messages call `shown` (the
     `gs://` directory it will be published to, or `out` itself)."""
     plan = build_plan(config, out, source)
-    if config.curate.executor == "local":
-        empty_at = _run_locally(plan, progress)
+    if config.curate.executor != "slurm":
+        empty_at = _run_in_turn(config, plan, progress)
     elif _run_on_slurm(config, plan, progress):
         empty_at = _first_empty_stage(plan)
     else:

@@ -1,7 +1,11 @@
-"""`curate.executor=slurm`: datatrove's own Slurm executor, one job array per stage chained by
-dependencies. `sbatch`, `srun` and `scontrol` here are stand-ins that run a job's array tasks on this
-machine as a cluster would (SLURM_ARRAY_TASK_ID, SLURM_NODELIST, --export, the job's output
-file), one job after another, so the chain has finished when `sbatch` returns."""
+"""`curate.executor=ray|slurm`: datatrove's own executors give the local executor's corpus
+and report.
+
+Ray: a local cluster of 2 worker CPUs that the test starts. Slurm: one job array per stage
+chained by dependencies; `sbatch`, `srun` and `scontrol` here are stand-ins that run a job's
+array tasks on this machine as a cluster would (SLURM_ARRAY_TASK_ID, SLURM_NODELIST, --export,
+the job's output file), one job after another, so the chain has finished when `sbatch` returns.
+"""
 
 import json
 import os
@@ -55,24 +59,39 @@ def _stand_ins(directory: Path) -> str:
     return f"{directory}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
-def test_slurm_curation_gives_the_local_corpus_and_report(tmp_path, monkeypatch):
+def _curated(tmp_path: Path, executor: str) -> tuple[dict, list[str]]:
     from llm_jax.data.corpus import CorpusSource
     from llm_jax.data.curate import curate
 
+    config = load_config("tiny", [f"run_dir={tmp_path / executor}", *SETTINGS,
+                                  f"curate.executor={executor}"])
+    report = curate(config, progress=False)
+    source = CorpusSource(tmp_path / executor / "curated")
+    return report, [source[i] for i in range(len(source))]
+
+
+def _same_curation(local: tuple[dict, list[str]], other: tuple[dict, list[str]]) -> None:
+    (local_report, local_texts), (report, texts) = local, other
+    assert texts == local_texts and len(texts) > 20
+    assert report["steps"] == local_report["steps"] and report["shards"] == local_report["shards"]
+    assert report["settings"] == local_report["settings"]  # the executor is no corpus setting
+    written = json.loads(Path(report["corpus"], "report.json").read_text())
+    assert written["documents_out"] == local_report["documents_out"]
+
+
+def test_ray_curation_gives_the_local_corpus_and_report(tmp_path):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        _same_curation(_curated(tmp_path, "local"), _curated(tmp_path, "ray"))
+    finally:
+        ray.shutdown()
+
+
+def test_slurm_curation_gives_the_local_corpus_and_report(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", _stand_ins(tmp_path / "bin"))
-    reports, texts = [], []
-    for executor in ("local", "slurm"):
-        config = load_config("tiny", [f"run_dir={tmp_path / executor}", *SETTINGS,
-                                      f"curate.executor={executor}"])
-        reports.append(curate(config, progress=False))
-        source = CorpusSource(tmp_path / executor / "curated")
-        texts.append([source[i] for i in range(len(source))])
-    local, slurm = reports
-    assert texts[0] == texts[1] and len(texts[0]) > 20
-    assert slurm["steps"] == local["steps"] and slurm["shards"] == local["shards"]
-    assert slurm["settings"] == local["settings"]  # the executor is not a corpus setting
-    written = json.loads((tmp_path / "slurm" / "curated" / "report.json").read_text())
-    assert written["documents_out"] == local["documents_out"]
+    _same_curation(_curated(tmp_path, "local"), _curated(tmp_path, "slurm"))
     assert int((tmp_path / "bin" / "job_id").read_text()) >= 2 * 6  # each stage and its stats
     launched = list((tmp_path / "slurm" / "curated" / "_work" / "logs").glob("*/launch_script.slurm"))
     assert len(launched) == 6 and all("#SBATCH --array=" in p.read_text() for p in launched)
