@@ -269,7 +269,7 @@ def _run_in_turn(config: Config, plan: _Plan, progress: bool) -> str | None:
         for index, stage in enumerate(plan.stages):
             bar.current = stage.name
             _executor(config, stage).run()
-            if stage.documents_flow and _stage_documents(plan, index) == 0:
+            if _left_empty(plan, index):
                 return stage.name
     return None
 
@@ -299,11 +299,14 @@ def _run_on_slurm(config: Config, plan: _Plan, progress: bool) -> bool:
     return not any(executor.get_incomplete_ranks() for executor in _slurm_executors(config, plan))
 
 
+def _left_empty(plan: _Plan, index: int) -> bool:
+    """Whether stage `index` passes documents on and none came through it."""
+    return plan.stages[index].documents_flow and _stage_documents(plan, index) == 0
+
+
 def _first_empty_stage(plan: _Plan) -> str | None:
-    for index, stage in enumerate(plan.stages):
-        if stage.documents_flow and _stage_documents(plan, index) == 0:
-            return stage.name
-    return None
+    return next((stage.name for index, stage in enumerate(plan.stages)
+                 if _left_empty(plan, index)), None)
 
 
 class _Progress:
