@@ -12,54 +12,27 @@ tpu_topology.py`; the `tpu` extra). Without either, the formula estimate decides
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import flax.linen as nn
 import jax
 from jax.sharding import PartitionSpec
 
+from llm_jax.chips import Chip, parse_slice
 from llm_jax.config import Config, ConfigError
 from llm_jax.errors import UserError
+from llm_jax.hlo_costs import StepCosts, step_costs
 from llm_jax.parallel.mesh import check_fits_mesh, mesh_shape
 from llm_jax.parallel.rules import axis_rules
 from llm_jax.parallel.sharding import sharding_context
-from llm_jax.train.flops import flops_per_token
+from llm_jax.roofline import roofline, roofline_lines
+from llm_jax.train.flops import flops_per_token, matmul_params
 from llm_jax.train.optimizer import make_optimizer
 from llm_jax.train.state import abstract_train_state
 
 
-@dataclasses.dataclass(frozen=True)
-class Chip:
-    name: str
-    hbm_bytes: float
-    peak_flops: float  # dense bf16
-    cores_per_chip: int  # a TPU slice's name counts TensorCores
-    platform: str  # jax.default_backend() on such a chip
-
-
-CHIPS = {
-    "v4": Chip("TPU v4", 32 * 2**30, 275e12, 2, "tpu"),
-    "v5e": Chip("TPU v5e", 16 * 2**30, 197e12, 1, "tpu"),
-    "v5p": Chip("TPU v5p", 95 * 2**30, 459e12, 2, "tpu"),
-    "v6e": Chip("TPU v6e", 32 * 2**30, 918e12, 1, "tpu"),
-    "h100": Chip("NVIDIA H100 80GB", 80 * 2**30, 989e12, 1, "gpu"),
-}
 # XLA needs headroom beyond what this plan counts (fragmentation, collectives' buffers).
 USABLE_FRACTION = 0.9
-
-
-def parse_slice(text: str) -> tuple[Chip, int]:
-    """`v5p-128` (a TPU slice, counted in TensorCores), `v5e-256`, `h100-8` -> (chip, chips)."""
-    match = re.fullmatch(r"([a-z0-9]+)-(\d+)", text.lower())
-    if not match or match.group(1) not in CHIPS:
-        raise ConfigError(f"--slice {text!r} must look like NAME-COUNT with NAME one of "
-                          f"{', '.join(CHIPS)} (e.g. v5p-128, v5e-256, h100-8)")
-    chip = CHIPS[match.group(1)]
-    cores = int(match.group(2))
-    if cores % chip.cores_per_chip:
-        raise ConfigError(f"{text}: a {chip.name} chip has {chip.cores_per_chip} cores")
-    return chip, cores // chip.cores_per_chip
 
 
 def _shard_factor(spec: PartitionSpec, rules: dict[str, Any], sizes: dict[str, int]) -> int:
@@ -140,12 +113,14 @@ class Compiled:
     """XLA's figures for the compiled step, per device."""
 
     where: str  # what it was compiled for
+    platform: str
     arguments: float
     outputs: float
     temporaries: float
     aliased: float
     flops: float | None
     bytes_accessed: float | None
+    costs: StepCosts  # every loop iteration counted (`hlo_costs`)
 
     @property
     def total(self) -> float:
@@ -167,7 +142,13 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True,
     # The step's own buffers: fp32 gradients (and their accumulator over microbatches) and
     # the new optimizer state, made before it replaces the old.
     buffers = params * (2 if config.train.microbatches > 1 else 1) + opt
-    estimate = params + opt + acts + buffers
+    # FSDP gathers one block's weights whole (compute dtype) and makes its fp32 gradient
+    # before reducing it back into shards.
+    layer_params = (matmul_params(shapes.model) - shapes.model.vocab_size
+                    * shapes.model.d_model) / shapes.model.num_layers
+    width = 2 if config.model.dtype == "bfloat16" else 4
+    gathered = layer_params * (width + 4) / sizes["tensor"] if sizes["fsdp"] > 1 else 0.0
+    estimate = params + opt + acts + buffers + gathered
     seq = config.data.seq_len
     flops = flops_per_token(shapes.model, seq)
     gib = lambda b: f"{b / 2**30:,.2f} GiB"  # noqa: E731
@@ -179,7 +160,8 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True,
         f"global batch {config.train.batch_size} x {seq} tokens, "
         f"{config.train.microbatches} microbatch(es)",
         f"per device: params {gib(params)}, optimizer state {gib(opt)}, "
-        f"activations ~{gib(acts)}, gradients and updates ~{gib(buffers)} (estimates), "
+        f"activations ~{gib(acts)}, gradients and updates ~{gib(buffers)}, one block's "
+        f"gathered weights and gradient ~{gib(gathered)} (estimates), "
         f"total ~{gib(estimate)}",
         f"FLOPs per token: {flops:.3e} (6N + 12·L·d·T, non-causal attention)",
     ]
@@ -209,9 +191,23 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True,
             lines.append(f"{chip.name}: {gib(chip.hbm_bytes)} HBM per chip; {verdict} "
                          f"({total / chip.hbm_bytes:.0%} of HBM by {source}, "
                          f"{USABLE_FRACTION:.0%} usable)")
-        step_time = flops * config.train.batch_size * seq / (chips * chip.peak_flops)
+        tokens_per_chip = config.train.batch_size * seq / chips
+        step_time = flops * tokens_per_chip / chip.peak_flops
         lines.append(f"step time at 100% MFU: {step_time:.2f} s; at 50%: {2 * step_time:.2f} s")
+        if compiled and not failure and chip.platform == compiled.platform:
+            line = roofline(compiled.costs, chip, flops * tokens_per_chip,
+                            attention_mask_fraction(config))
+            lines.extend(roofline_lines(line, tokens_per_chip))
     return "\n".join(lines)
+
+
+def attention_mask_fraction(config: Config) -> float:
+    """Share of (query, key) pairs a causal attention kernel computes: about half, or the
+    window's share of the sequence when every layer is local."""
+    window, seq = config.model.sliding_window, config.data.seq_len
+    if window and not config.model.global_every:
+        return min(0.5, window / seq)
+    return 0.5
 
 
 def _devices_to_compile_for(slice_name: str, chip: Chip | None, chips: int,
@@ -246,8 +242,16 @@ def _compiled_lines(compiled: Compiled, estimate: float) -> list[str]:
              f"outputs {size(compiled.outputs)}, temporaries {size(compiled.temporaries)}, "
              f"aliased {size(compiled.aliased)}); the formula's total is "
              f"{estimate / compiled.total - 1:+.0%} off"]
+    costs = compiled.costs
+    sent = ", ".join(f"{kind} {size(sent)}" for kind, sent in sorted(costs.collective_bytes.items()))
+    lines.append(f"counted in the compiled step per device, every loop iteration: "
+                 f"{costs.matmul_flops:.3e} matmul FLOPs, {size(costs.hbm_bytes)} of HBM "
+                 f"traffic, {size(costs.total_collective_bytes)} sent by collectives"
+                 + (f" ({sent})" if sent else "")
+                 + (f"; {costs.unknown_loops} loop(s) of unknown trip count counted once"
+                    if costs.unknown_loops else ""))
     if compiled.flops:
-        lines.append(f"XLA's cost analysis per device: {compiled.flops:.3e} FLOPs, "
+        lines.append(f"XLA's own cost analysis: {compiled.flops:.3e} FLOPs, "
                      f"{size(compiled.bytes_accessed or 0)} of memory traffic (each loop body, "
                      "scanned layers and microbatches, counted once)")
     return lines
@@ -279,6 +283,7 @@ def compile_step_memory(config: Config, devices: list) -> Compiled:
         raise UserError(f"XLA gives no memory analysis for {where}; plan with --no-compile")
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-    return Compiled(where, memory.argument_size_in_bytes, memory.output_size_in_bytes,
+    return Compiled(where, devices[0].platform, memory.argument_size_in_bytes, memory.output_size_in_bytes,
                     memory.temp_size_in_bytes, memory.alias_size_in_bytes,
-                    cost.get("flops"), cost.get("bytes accessed"))
+                    cost.get("flops"), cost.get("bytes accessed"),
+                    step_costs(compiled.as_text(), len(devices)))

@@ -1,8 +1,8 @@
 """The packages import each other in one direction only, from the ground up:
 
     errors, xla_flags, config_ranges  <-  config  <-  data, model  <-  parallel, checkpoint
-    <-  infer  <-  train  <-  eval, convert  <-  plan, quickstart, experiment_data,
-    experiment_stats  <-  experiment  <-  cli  <-  __main__
+    <-  infer  <-  train  <-  eval, convert  <-  chips, hlo_costs  <-  roofline  <-  plan,
+    quickstart, experiment_data, experiment_stats  <-  experiment  <-  cli  <-  __main__
 
 A unit may import from any layer below its own, never from its own layer's other units or from
 above, so there is no cycle and no back edge. Every import counts, including those inside
@@ -24,6 +24,8 @@ LAYERS = (
     ("infer",),
     ("train",),
     ("eval", "convert"),
+    ("chips", "hlo_costs"),
+    ("roofline",),
     ("plan", "quickstart", "experiment_data", "experiment_stats"),
     ("experiment",),
     ("cli",),

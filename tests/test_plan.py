@@ -7,12 +7,13 @@ import jax
 import pytest
 
 import llm_jax.plan as plan_module
+from llm_jax.chips import CHIPS, parse_slice
 from llm_jax.cli import main
 from llm_jax.config import ConfigError, load_config
 from llm_jax.errors import UserError
 from llm_jax.parallel.mesh import mesh_shape
 from llm_jax.parallel.tpu_topology import compile_only_devices, libtpu_installed, topology_name
-from llm_jax.plan import compile_step_memory, parse_slice, plan, state_bytes_per_device
+from llm_jax.plan import compile_step_memory, plan, state_bytes_per_device
 
 
 def test_fsdp_divides_state_bytes_by_the_mesh():
@@ -50,6 +51,8 @@ def test_plan_compiles_the_step_on_local_devices(capsys):
 
 @pytest.mark.parametrize("preset, slice_name", [("llama3-8b-v5p-128", "v5p-128"),
                                                 ("llama3-8b-v5e-256", "v5e-256"),
+                                                ("llama3-8b-v6e-256", "v6e-256"),
+                                                ("llama3.1-70b-v5p-512", "v5p-512"),
                                                 ("llama3.2-1b-v5e-8", "v5e-8"),
                                                 ("llama3.2-1b-h100", "h100-1")])
 def test_scale_out_presets_fit_their_slice(preset, slice_name):
@@ -78,7 +81,8 @@ def test_plan_compiles_for_a_tpu_slice_this_machine_lacks(slice_name, overrides)
     _needs_libtpu()
     report = plan(load_config("tiny", overrides), slice_name)
     assert re.search(r"compiled the step ahead of time for 8 TPU v\d", report), report
-    assert "XLA's cost analysis per device" in report
+    assert "counted in the compiled step per device, every loop iteration" in report
+    assert re.search(r"step >= [\d.]+ m?s .*MFU <= [\d.]+%", report), report  # the roofline
     assert "fits (" in report and "by XLA's compiled figures" in report
 
 
@@ -89,6 +93,7 @@ def test_every_objective_compiles_for_a_tpu_slice(objective):
                                   "mesh.fsdp=4", "mesh.tensor=2"])
     compiled = compile_step_memory(config, compile_only_devices("v5e", 8))
     assert compiled.arguments > 0 and compiled.outputs > 0 and compiled.flops > 0
+    assert compiled.costs.matmul_flops > 0 and compiled.costs.unknown_loops == 0
 
 
 def test_named_remat_trades_memory_for_recomputation_on_a_tpu_slice():
@@ -119,13 +124,14 @@ def test_the_verdict_follows_xlas_figures_not_the_formula(monkeypatch):
     low, high = sorted([estimated, compiled.total])
     assert high > 1.5 * low  # far enough apart for the test to mean something
     hbm = (low + high) / 2 / plan_module.USABLE_FRACTION
-    monkeypatch.setitem(plan_module.CHIPS, "v5e",
-                        dataclasses.replace(plan_module.CHIPS["v5e"], hbm_bytes=hbm))
+    monkeypatch.setitem(CHIPS, "v5e", dataclasses.replace(CHIPS["v5e"], hbm_bytes=hbm))
     by_formula = plan(config, "v5e-8", compile_step=False)
     by_xla = plan(config, "v5e-8")
     assert ("does NOT fit" in by_xla) == (compiled.total > estimated)
     assert ("does NOT fit" in by_formula) == (estimated > compiled.total)
     assert _compiled_percent(by_xla) == round(100 * compiled.total / hbm)
+    mfu = float(re.search(r"MFU <= ([\d.]+)%", by_xla).group(1))  # the roofline, from XLA's step
+    assert 0 < mfu <= 100 and "roofline" not in by_formula
 
 
 def test_topologies_are_named_by_chips_and_multislice_compiles():
