@@ -103,6 +103,9 @@ class ModelConfig:
     sliding_window: int = 0
     global_every: int = 0  # with sliding_window: layers N-1, 2N-1, ... see every key (0: none)
     attn_softcap: float = 0.0  # scores become cap * tanh(scores / cap) (Gemma 2: 50); 0: off
+    # attention=splash: query and key block of its kernels (a multiple of 128, TPU's lane
+    # count, dividing data.seq_len; one block when the sequence is shorter).
+    splash_block: int = 512
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots | dots_no_batch | a REMAT_PRESETS name | names
@@ -122,6 +125,9 @@ class ModelConfig:
         _check_choice("model.param_dtype", self.param_dtype, ("float32", "bfloat16"))
         _check_choice("model.remat", self.remat, REMAT_POLICIES)
         self._check_remat_names()
+        if self.splash_block % 128:
+            raise ConfigError(f"model.splash_block={self.splash_block} must be a multiple of "
+                              "128, the TPU's lane count")
         if self.global_every and not self.sliding_window:
             raise ConfigError(f"model.global_every={self.global_every} picks the global layers "
                               "among sliding-window ones; set model.sliding_window too")
@@ -460,6 +466,11 @@ class Config:
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="
                 f"{self.model.max_seq_len}; lower data.seq_len or raise model.max_seq_len"
             )
+        block = min(self.model.splash_block, self.data.seq_len)
+        if self.model.attention == "splash" and self.data.seq_len % block:
+            raise ConfigError(
+                f"data.seq_len={self.data.seq_len} is not a multiple of model.splash_block="
+                f"{self.model.splash_block}: splash attention works in whole blocks")
         if self.train.objective == "ppo" and self.ppo.max_new_tokens >= self.data.seq_len:
             raise ConfigError(
                 f"ppo.max_new_tokens={self.ppo.max_new_tokens} leaves no room for a prompt in "

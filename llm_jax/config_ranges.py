@@ -84,6 +84,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "model.sliding_window": count_or("every layer attends globally"),
     "model.global_every": count_or("no global layers among the sliding-window ones"),
     "model.attn_softcap": NON_NEGATIVE,
+    "model.splash_block": COUNT,
     "model.init_std": NON_NEGATIVE,
     # Llama 3.1 scaling divides the low frequencies by `factor`, so below 1 it would stretch them.
     "model.rope_scaling.factor": Range(1, special=((0, "off"),)),

@@ -224,6 +224,13 @@ def test_checks_across_keys_still_apply_after_the_ranges() -> None:
         load_config("tiny", ["model.global_every=2"])
     with pytest.raises(ConfigError, match="model.attention=dot_product cannot soft-cap scores"):
         load_config("tiny", ["model.attention=dot_product", "model.attn_softcap=50"])
+    with pytest.raises(ConfigError, match="model.splash_block=200 must be a multiple of 128"):
+        load_config("tiny", ["model.splash_block=200"])
+    with pytest.raises(ConfigError, match="data.seq_len=384 is not a multiple of "
+                                          "model.splash_block=256"):
+        load_config("tiny", ["model.attention=splash", "model.splash_block=256",
+                             "data.seq_len=384", "model.max_seq_len=512"])
+    load_config("tiny", ["model.attention=splash", "data.seq_len=128"])  # one shorter block
 
 
 def test_a_yaml_file_with_an_invalid_value_names_the_key(tmp_path) -> None:

@@ -219,12 +219,16 @@ def _reference_attention(q, k, v, segments, window=None, softcap=0.0):
     return out
 
 
-@pytest.mark.parametrize("impl", ["xla", "blockwise", "dot_product", "splash"])
+@pytest.mark.parametrize("impl", ["xla", "blockwise", "dot_product", "splash", "splash-128"])
 def test_attention_kernels_match_the_definition(impl):
-    q, k, v, segments = _qkv()
+    """splash-128: blocks of 128 over 256 positions, so the kernel skips a masked block and
+    carries its softmax across two."""
+    q, k, v, segments = _qkv(length=256 if impl == "splash-128" else 128)
     index = jnp.broadcast_to(jnp.arange(q.shape[1]), segments.shape)
-    if impl == "splash":
-        out = attention_kernels.splash_attention(q, k, v, segments, segments, interpret=True)
+    if impl.startswith("splash"):
+        block = 128 if impl == "splash-128" else 512
+        out = attention_kernels.splash_attention(q, k, v, segments, segments, block=block,
+                                                 interpret=True)
     else:
         out = attention_kernels.attend(impl, q, k, v, segments, segments, index, index)
     np.testing.assert_allclose(out, _reference_attention(q, k, v, segments), atol=2e-5)

@@ -73,7 +73,8 @@ def _compiled_percent(report: str) -> float:
 
 @pytest.mark.parametrize("slice_name, overrides", [
     ("v5e-8", ["mesh.fsdp=4", "mesh.tensor=2"]),
-    ("v5p-16", ["mesh.fsdp=4", "mesh.tensor=2", "model.attention=splash"]),
+    ("v5p-16", ["mesh.fsdp=4", "mesh.tensor=2", "model.attention=splash",
+                "model.splash_block=128"]),
     ("v5p-16", ["mesh.pipe=2", "mesh.fsdp=4", "train.microbatches=4", "model.attention=splash"]),
     ("v6e-8", ["mesh.fsdp=8", "model.remat=full", "train.loss_chunk=64"]),
 ])

@@ -120,18 +120,19 @@ def _splash(cfg: ModelConfig, q, k, v, segment_ids, window):
     """Splash attention; its mask is static, so a traced per-layer window picks one of two
     kernels (local or global) with `lax.cond`."""
     if window is None or isinstance(window, int):
-        return _sharded_splash(q, k, v, segment_ids, window, cfg.attn_softcap)
+        return _sharded_splash(cfg, q, k, v, segment_ids, window)
     return jax.lax.cond(
         window < GLOBAL_WINDOW,
-        lambda: _sharded_splash(q, k, v, segment_ids, cfg.sliding_window, cfg.attn_softcap),
-        lambda: _sharded_splash(q, k, v, segment_ids, None, cfg.attn_softcap))
+        lambda: _sharded_splash(cfg, q, k, v, segment_ids, cfg.sliding_window),
+        lambda: _sharded_splash(cfg, q, k, v, segment_ids, None))
 
 
-def _sharded_splash(q, k, v, segment_ids, window: int | None, softcap: float):
+def _sharded_splash(cfg: ModelConfig, q, k, v, segment_ids, window: int | None):
     """Runs the splash kernel per device shard: a Pallas call is not auto-partitioned."""
     def kernel(q_, k_, v_, s_):
         return attention_kernels.splash_attention(q_, k_, v_, s_, s_, window=window,
-                                                  softcap=softcap)
+                                                  softcap=cfg.attn_softcap,
+                                                  block=cfg.splash_block)
 
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:

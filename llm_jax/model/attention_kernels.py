@@ -83,12 +83,14 @@ def dot_product_attention(q, k, v, mask, implementation: str | None = None):
 
 
 def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, *, window: int | None = None,
-                     softcap: float = 0.0, interpret: bool = False):
+                     softcap: float = 0.0, block: int = 512, interpret: bool = False):
     """Pallas splash attention over one device's shard; training layout only (q_len == kv_len).
 
     Under a device mesh, call it inside `shard_map` with batch and heads split (see
     `llm_jax.model.attention.Attention`), since a Pallas call is not auto-partitioned. The
-    kernel's mask is static: `window` is an int here (a local or a global layer).
+    kernel's mask is static: `window` is an int here (a local or a global layer). `block`:
+    the query and key block of the forward and both backward kernels (`model.splash_block`),
+    one block when the sequence is shorter.
     """
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
@@ -96,7 +98,7 @@ def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, *, window: int | No
     _, seq_len, heads, head_dim = q.shape
     if k.shape[1] != seq_len:
         raise UserError("splash attention serves training (q_len == kv_len); decode with xla")
-    block = min(512, seq_len)
+    block = min(block, seq_len)
     shape = (seq_len, seq_len)
     mask = (masks.CausalMask(shape) if window is None
             else masks.LocalMask(shape, window_size=(window - 1, 0), offset=0))
