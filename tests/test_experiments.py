@@ -37,6 +37,23 @@ def test_norms_experiment_writes_table_csv_and_plot(tmp_path, capsys):
     assert (tmp_path / "rmsnorm" / "seed0" / "metrics.jsonl").read_text() == before
 
 
+def test_qk_norm_experiment_file_runs_end_to_end(tmp_path):
+    """The README's example of a new experiment: one short file, both arms trained and
+    compared, the switch reaching the model."""
+    from llm_jax.checkpoint import load_run_config
+    from llm_jax.experiment import main
+
+    main(load("qk_norm"), ["--seeds", "1", "--out", str(tmp_path), *SMOKE])
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["variant"] for r in rows] == ["no-qk-norm", "qk-norm"]
+    assert all(math.isfinite(float(r["eval_loss"])) for r in rows)
+    assert int(rows[1]["params"]) > int(rows[0]["params"])  # the per-head norm scales
+    assert "| qk-norm | eval loss |" in (tmp_path / "results.md").read_text()
+    configs = [load_run_config(tmp_path / label / "seed0") for label in ("no-qk-norm", "qk-norm")]
+    assert [c.model.qk_norm for c in configs] == [False, True]
+    assert {c.optimizer.lr for c in configs} == {1e-2}
+
+
 def test_dpo_beta_sweep_writes_one_finite_row_per_beta_and_plots(tmp_path):
     from llm_jax.experiment import main
     from llm_jax.train.metrics import read_metrics
@@ -73,7 +90,7 @@ def test_dpo_beta_runs_share_one_sft_start_and_differ_only_in_beta():
         assert all(c.train.objective == "dpo" for c in configs)
 
 
-@pytest.mark.parametrize("name", ["mlp_variants", "positions", "norms", "scaling"])
+@pytest.mark.parametrize("name", ["mlp_variants", "positions", "norms", "scaling", "qk_norm"])
 def test_experiments_define_distinct_variants_for_both_scales(name):
     from llm_jax.experiment import run_config
 
