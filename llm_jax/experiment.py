@@ -6,8 +6,10 @@ An experiment file in `experiments/` builds an `Experiment` and calls `main(expe
 
 Each variant is trained once per seed on what the experiment's runs share, made once in
 `<out>/_data` (`llm_jax.experiment_data`: by default a curated corpus and its tokenizer), through
-the same `train` loop as `llm-jax train` (so runs resume, and finished runs are skipped when the
-command is repeated). The output folder gets `results.csv` (one row per run, every held-out
+the same `train` loop as `llm-jax train` (so runs resume). Each run's directory is named by
+a hash of its resolved config and the library code (`run_version.py`), so repeating the
+command skips unchanged finished runs and retrains changed ones; `run.json` beside its
+metrics records the hash, code version, commit and training wall time. The output folder gets `results.csv` (one row per run, every held-out
 metric of its last step), `results.md` (the experiment's columns as mean and 95% confidence
 interval per variant, beside what the paper reported, then each variant against the first
 one: Welch's test, a verdict at p < 0.01 and the seeds 80% power would need; see
@@ -32,6 +34,7 @@ from llm_jax import storage
 from llm_jax.config import Config, load_config
 from llm_jax.experiment_data import CuratedCorpus, SharedData, train_unless_finished
 from llm_jax.experiment_stats import ALPHA, Comparison, compare, decided, interval
+from llm_jax.run_version import code_version, config_hash, git_commit
 from llm_jax.train.metrics import read_metrics
 
 
@@ -68,23 +71,42 @@ class Experiment:
 
 def run_config(experiment: Experiment, scale: str, out: storage.AnyPath, variant: Variant,
                seed: int, extra: Sequence[str] = ()) -> Config:
+    """The run's resolved config; its run_dir is `<out>/<variant>/seed<N>-<config hash>`."""
     settings = [*experiment.scales[scale], *variant.overrides_for(scale), *extra,
-                f"run_dir={out / variant.label / f'seed{seed}'}", f"seed={seed}"]
+                f"seed={seed}"]
     shared = experiment.shared.overrides(out / "_data", load_config(experiment.base, settings))
-    return load_config(experiment.base, [*settings, *shared])
+    config = load_config(experiment.base, [*settings, *shared])
+    run_dir = out / variant.label / f"seed{seed}-{config_hash(config)}"
+    return dataclasses.replace(config, run_dir=str(run_dir))
+
+
+RUN_RECORD = "run.json"  # in each run directory: what trained it, and how long it took
 
 
 def train_one(config: Config) -> dict:
-    """Trains (or resumes, or skips when finished) one run; returns its final numbers."""
+    """Trains (or resumes, or skips when finished) one run; returns its final numbers and
+    its record (config hash, code version, commit, wall time of the training)."""
+    import json
+    import time
+
     from llm_jax.model import abstract_params
 
+    record_path = storage.path(config.run_dir) / RUN_RECORD
+    start = time.perf_counter()
     last = train_unless_finished(config)[-1]
+    if not record_path.exists():  # first finished here: a resumed run's time is this part
+        record_path.write_text(json.dumps({
+            "config_hash": config_hash(config), "code_version": code_version(),
+            "commit": git_commit(), "seed": config.seed,
+            "wall_s": round(time.perf_counter() - start, 1)}, indent=1) + "\n")
+    record = json.loads(record_path.read_text())
     shapes = abstract_params(config.model)
     total = sum(x.size for x in jax.tree.leaves(shapes))
     return {**{k: v for k, v in last.items() if k.startswith("eval_")},
             "train_loss": last["loss"], "params": total,
             "non_embedding_params": sum(x.size for x in jax.tree.leaves(shapes["layers"])),
-            "steps": last["step"]}
+            "steps": last["step"], **{k: v for k, v in record.items() if k != "seed"},
+            "run_dir": str(config.run_dir)}
 
 
 def _comparisons(experiment: Experiment, rows: list[dict]) -> dict[tuple[str, str], Comparison]:
@@ -134,13 +156,19 @@ def write_results(experiment: Experiment, scale: str, out: storage.AnyPath,
                      f"{c.verdict} | {needed} |")
     if experiment.summarize:
         lines += ["", *experiment.summarize(per_variant)]
+    commits = sorted({str(r["commit"]) for r in rows})
+    lines += ["", f"{len(rows)} runs, {sum(float(r['wall_s']) for r in rows) / 60:.1f} min of "
+              f"training in all; code version {', '.join(sorted({r['code_version'] for r in rows}))}"
+              f", commit {', '.join(commits)}. Each run's directory is named by its config hash "
+              f"(`results.csv`: config_hash, wall_s, run_dir); repeating the command retrains "
+              "only what changed."]
     path = out / "results.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def plot_loss_curves(experiment: Experiment, scale: str, out: storage.AnyPath,
-                     seeds: Sequence[int]) -> storage.AnyPath:
+                     rows: Sequence[dict]) -> storage.AnyPath:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,8 +177,9 @@ def plot_loss_curves(experiment: Experiment, scale: str, out: storage.AnyPath,
     metrics = experiment.curves
     fig, axes = plt.subplots(1, len(metrics), figsize=(max(7.0, 4.5 * len(metrics)), 4),
                              squeeze=False)
-    runs = {v.label: [read_metrics(out / v.label / f"seed{s}") for s in seeds]
+    runs = {v.label: [read_metrics(r["run_dir"]) for r in rows if r["variant"] == v.label]
             for v in experiment.variants}
+    seeds = len(rows) // len(experiment.variants)
     for ax, metric in zip(axes[0], metrics):
         for label, curves in runs.items():
             steps = [r["step"] for r in curves[0]]
@@ -158,7 +187,7 @@ def plot_loss_curves(experiment: Experiment, scale: str, out: storage.AnyPath,
             mean = np.mean([[r[metric] for r in c[:length]] for c in curves], axis=0)
             ax.plot(steps[:length], mean, label=label)
         ax.set_xlabel("step")
-        ax.set_ylabel(f"train {metric} (mean of {len(seeds)} seeds)")
+        ax.set_ylabel(f"train {metric} (mean of {seeds} seeds)")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"{experiment.name} ({scale})")
@@ -202,7 +231,7 @@ def run_experiment(experiment: Experiment, scale: str, out: storage.AnyPath,
             break
         count += 1
     write_results(experiment, scale, out, rows)
-    plot_loss_curves(experiment, scale, out, list(chosen))
+    plot_loss_curves(experiment, scale, out, rows)
     return rows
 
 

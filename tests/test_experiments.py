@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from llm_jax.run_version import code_version, git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["train.steps=3", "train.log_every=1", "eval.steps=1", "curate.max_documents=60",
          "curate.prose_steps=pii",
@@ -31,10 +33,31 @@ def test_norms_experiment_writes_table_csv_and_plot(tmp_path, capsys):
     table = (tmp_path / "results.md").read_text()
     assert "| rmsnorm |" in table and "| layernorm |" in table and "±" in table
     assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+    # Each run is versioned: its directory is named by its config hash, and its record says
+    # which code and commit trained it and for how long.
+    for row in rows:
+        assert Path(row["run_dir"]).name == f"seed{row['seed']}-{row['config_hash']}"
+        assert len(row["config_hash"]) == 12 and float(row["wall_s"]) > 0
+    assert {r["code_version"] for r in rows} == {code_version()}
+    assert {r["commit"] for r in rows} == {git_commit()} and "code version" in table
     # A repeated command finds every run finished and retrains nothing.
-    before = (tmp_path / "rmsnorm" / "seed0" / "metrics.jsonl").read_text()
+    first = Path(rows[0]["run_dir"])
+    before = (first / "metrics.jsonl").read_text(), (first / "run.json").read_text()
     main(load("norms"), ["--seeds", "2", "--out", str(tmp_path), *SMOKE])
-    assert (tmp_path / "rmsnorm" / "seed0" / "metrics.jsonl").read_text() == before
+    assert ((first / "metrics.jsonl").read_text(), (first / "run.json").read_text()) == before
+    assert list(csv.DictReader((tmp_path / "results.csv").open())) == rows
+
+
+def test_a_changed_setting_or_seed_gets_its_own_run_directory():
+    from llm_jax.experiment import run_config
+
+    experiment = load("norms")
+    variant = experiment.variants[0]
+    same = [run_config(experiment, "tiny", Path("/tmp/x"), variant, 0) for _ in range(2)]
+    assert same[0].run_dir == same[1].run_dir and same[0].run_dir.startswith("/tmp/x/rmsnorm/")
+    other_seed = run_config(experiment, "tiny", Path("/tmp/x"), variant, 1)
+    longer = run_config(experiment, "tiny", Path("/tmp/x"), variant, 0, ["train.steps=7"])
+    assert len({same[0].run_dir, other_seed.run_dir, longer.run_dir}) == 3
 
 
 def test_qk_norm_experiment_file_runs_end_to_end(tmp_path):
@@ -49,7 +72,7 @@ def test_qk_norm_experiment_file_runs_end_to_end(tmp_path):
     assert all(math.isfinite(float(r["eval_loss"])) for r in rows)
     assert int(rows[1]["params"]) > int(rows[0]["params"])  # the per-head norm scales
     assert "| qk-norm | eval loss |" in (tmp_path / "results.md").read_text()
-    configs = [load_run_config(tmp_path / label / "seed0") for label in ("no-qk-norm", "qk-norm")]
+    configs = [load_run_config(row["run_dir"]) for row in rows]
     assert [c.model.qk_norm for c in configs] == [False, True]
     assert {c.optimizer.lr for c in configs} == {1e-2}
 
@@ -71,7 +94,7 @@ def test_dpo_beta_sweep_writes_one_finite_row_per_beta_and_plots(tmp_path):
         # the rewards are beta times the log-ratios: each run trained with its own beta
         assert values["eval_rewards_margins"] == pytest.approx(beta * (
             values["eval_logratio_chosen"] - values["eval_logratio_rejected"]), rel=1e-2)
-        first = read_metrics(tmp_path / row["variant"] / "seed0")[0]
+        first = read_metrics(row["run_dir"])[0]
         assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)  # starts as its reference
     table = (tmp_path / "results.md").read_text()
     assert all(f"| {label} |" in table for label in labels) and "±" in table

@@ -2,7 +2,8 @@
 
     errors, xla_flags, config_ranges  <-  config  <-  data, model  <-  parallel, checkpoint
     <-  infer  <-  train  <-  eval, convert  <-  chips, hlo_costs  <-  roofline  <-  plan,
-    quickstart, experiment_data, experiment_stats  <-  experiment  <-  cli  <-  __main__
+    quickstart, experiment_data, experiment_stats, run_version  <-  experiment  <-  cli
+    <-  __main__
 
 A unit may import from any layer below its own, never from its own layer's other units or from
 above, so there is no cycle and no back edge. Every import counts, including those inside
@@ -26,7 +27,7 @@ LAYERS = (
     ("eval", "convert"),
     ("chips", "hlo_costs"),
     ("roofline",),
-    ("plan", "quickstart", "experiment_data", "experiment_stats"),
+    ("plan", "quickstart", "experiment_data", "experiment_stats", "run_version"),
     ("experiment",),
     ("cli",),
     ("__main__",),
