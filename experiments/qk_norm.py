@@ -18,9 +18,11 @@ EXPERIMENT = Experiment(
                "rates diverge, even in small models; with it, loss is stable over a wider range "
                "of learning rates (Dehghani et al. 2023 introduced it for ViT-22B)."),
     base="tiny",
-    scales={"tiny": (*TINY, "optimizer.lr=1e-2"), "full": (*FULL, "optimizer.lr=3e-3")},
+    scales={"tiny": (*TINY, "optimizer.lr=1e-2", "train.instrument=true"),
+            "full": (*FULL, "optimizer.lr=3e-3", "train.instrument=true")},
     variants=(Variant("no-qk-norm", ("model.qk_norm=false",)),
               Variant("qk-norm", ("model.qk_norm=true",))),
+    curves=("loss", "attn_entropy/layer1", "update_ratio"),
 )
 
 if __name__ == "__main__":

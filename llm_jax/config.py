@@ -313,6 +313,9 @@ class TrainConfig:
     # that the [batch, length, vocab] logits never exist; 0 computes them whole.
     loss_chunk: int = 0
     log_every: int = 10
+    # Per-layer activation RMS, attention entropy and update/parameter norm ratio in the
+    # metrics (train/instruments.py); costs one more forward pass per step.
+    instrument: bool = False
     max_bad_steps: int = 5
     init_from: str = ""  # checkpoint directory to start from (fine-tuning)
     profile_steps: str = ""  # "start:stop" to write a jax.profiler trace

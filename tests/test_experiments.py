@@ -65,6 +65,7 @@ def test_qk_norm_experiment_file_runs_end_to_end(tmp_path):
     compared, the switch reaching the model."""
     from llm_jax.checkpoint import load_run_config
     from llm_jax.experiment import main
+    from llm_jax.train.metrics import read_metrics
 
     main(load("qk_norm"), ["--seeds", "1", "--out", str(tmp_path), *SMOKE])
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
@@ -75,6 +76,9 @@ def test_qk_norm_experiment_file_runs_end_to_end(tmp_path):
     configs = [load_run_config(row["run_dir"]) for row in rows]
     assert [c.model.qk_norm for c in configs] == [False, True]
     assert {c.optimizer.lr for c in configs} == {1e-2}
+    last = read_metrics(rows[0]["run_dir"])[-1]  # train.instrument: what the plot shows
+    assert 0 < last["attn_entropy/layer1"] and 0 < last["update_ratio"] < 1
+    assert (tmp_path / "loss_curves.png").stat().st_size > 1000
 
 
 def test_dpo_beta_sweep_writes_one_finite_row_per_beta_and_plots(tmp_path):

@@ -86,6 +86,11 @@ class Attention(nn.Module):
             return dense(out, wo, in_axes=2), kv
 
         index = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+        if self.is_mutable_collection("intermediates"):  # train.instrument
+            mask = attention_kernels.attention_mask(segment_ids, segment_ids, index, index,
+                                                    window)
+            self.sow("intermediates", "attention_entropy", attention_kernels.attention_entropy(
+                q, k, mask, segment_ids > 0, cfg.attn_softcap))
         if cfg.attention == "splash":
             out = _splash(cfg, q, k, v, segment_ids, window)
         else:

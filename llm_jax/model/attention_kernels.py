@@ -64,6 +64,22 @@ def soft_cap(scores: jnp.ndarray, softcap: float) -> jnp.ndarray:
     return softcap * jnp.tanh(scores / softcap) if softcap else scores
 
 
+def attention_entropy(q, k, mask, real_queries, softcap: float = 0.0) -> jnp.ndarray:
+    """Mean entropy (nats) of the attention distributions of real queries, over heads: low
+    when heads collapse onto single keys (Zhai et al. 2023), the instability that qk-norm
+    and soft-capping address. Recomputes the scores in fp32 whatever the kernel."""
+    batch, q_len, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    grouped = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    logits = jnp.einsum("btkgd,bskd->bkgts", grouped, k, preferred_element_type=jnp.float32)
+    logits = soft_cap(logits * (head_dim**-0.5), softcap)
+    logits = jnp.where(mask[:, None, None], logits, -jnp.inf)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    entropy = -jnp.sum(jnp.where(mask[:, None, None], jnp.exp(log_probs) * log_probs, 0.0), -1)
+    weight = real_queries[:, None, None, :].astype(jnp.float32)
+    return jnp.sum(entropy * weight) / jnp.maximum(jnp.sum(weight) * heads, 1.0)
+
+
 def xla_attention(q, k, v, mask, softcap: float = 0.0):
     batch, q_len, heads, head_dim = q.shape
     kv_heads = k.shape[2]

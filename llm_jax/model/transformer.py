@@ -43,6 +43,11 @@ class Block(nn.Module):
             attn, kv = attn
         h = x + attn
         out = h + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(h))
+        if self.is_mutable_collection("intermediates"):  # train.instrument
+            real = (segment_ids > 0)[..., None].astype(jnp.float32)
+            mean_square = jnp.sum(jnp.square(out.astype(jnp.float32)) * real) / jnp.maximum(
+                jnp.sum(real) * out.shape[-1], 1.0)
+            self.sow("intermediates", "activation_rms", jnp.sqrt(mean_square))
         return nn.with_logical_constraint(out, HIDDEN_AXES), kv
 
 
@@ -76,7 +81,7 @@ class DecoderStack(nn.Module):
                          segment_ids, self.pipeline_stages, self.pipeline_microbatches)
         stack = nn.scan(
             block_class(self.config),
-            variable_axes={"params": 0},
+            variable_axes={"params": 0, "intermediates": 0},
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, 0),
             length=self.config.num_layers,

@@ -15,6 +15,7 @@ from llm_jax.parallel.rules import Rules, axis_rules
 from llm_jax.parallel.sharding import batch_sharding, jit_train_step
 from llm_jax.train.forward import make_forward
 from llm_jax.train.init_from import attach_reference
+from llm_jax.train.instruments import make_instruments
 from llm_jax.train.objectives import Objective, make_objective
 from llm_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from llm_jax.train.state import TrainState, create_train_state
@@ -47,7 +48,8 @@ def _objective_and_step(config: Config, mesh: Mesh, tx, shardings):
     schedule = learning_rate_schedule(config.optimizer, config.train.steps)
     objective = make_objective(config, make_forward(config, mesh))
     microbatches = 1 if mesh.shape["pipe"] > 1 else config.train.microbatches
-    step = jit_train_step(make_train_step(objective, tx, schedule, microbatches),
+    instruments = make_instruments(config) if config.train.instrument else None
+    step = jit_train_step(make_train_step(objective, tx, schedule, microbatches, instruments),
                           config, mesh, shardings)
     return schedule, objective, step
 

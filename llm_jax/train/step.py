@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from llm_jax.model.microbatches import split_microbatches
+from llm_jax.train.instruments import Instruments, update_ratios
 from llm_jax.train.objectives import Batch, Objective
 from llm_jax.train.state import TrainState
 
@@ -40,8 +41,10 @@ def accumulate_gradients(objective: Objective, params: Any, batch: Batch, microb
 
 
 def make_train_step(objective: Objective, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, microbatches: int = 1):
-    """The un-jitted step; `llm_jax.parallel.sharding.jit_train_step` compiles it for a mesh."""
+                    schedule: optax.Schedule, microbatches: int = 1,
+                    instruments: Instruments | None = None):
+    """The un-jitted step; `llm_jax.parallel.sharding.jit_train_step` compiles it for a mesh.
+    With `instruments` (`train.instrument`), its metrics gain the per-layer measurements."""
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         # The frozen reference (DPO, PPO) is an input of the objective, never differentiated.
@@ -72,6 +75,9 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation,
         }
         metrics.update({name: value / denominator for name, value in sums.items()
                         if name != "denominator"})
+        if instruments is not None:
+            metrics.update(instruments(state.params, batch))
+            metrics.update(update_ratios(updates, state.params))
         return new_state, metrics
 
     return train_step
