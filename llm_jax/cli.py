@@ -112,25 +112,28 @@ def _plan(args: argparse.Namespace) -> None:
 def _curate(args: argparse.Namespace) -> None:
     from llm_jax.config import load_config
     from llm_jax.data.curate import curate, format_report
+    from llm_jax.data.mixture import member_configs
     from llm_jax.parallel.agreement import check_processes_agree
     from llm_jax.parallel.one_process import on_process_zero
 
     config = load_config(args.config, args.overrides)
     check_processes_agree(config)
-    report = on_process_zero(lambda: curate(config, progress=not args.no_progress,
-                                            force=args.force))
-    if report.get("submitted"):
-        print(f"submitted the {report['submitted']} stages as Slurm jobs (logs: {report['logs']}); "
-              "when they have finished, run this command again to write the corpus metadata "
-              "and report.json")
-        return
-    print(format_report(report))
-    print(f"{report['documents_out']:,} of {report['documents_in']:,} documents kept in "
-          f"{report['seconds']} s -> {report['corpus']} (report.json, rejected/)")
+    for member in member_configs(config) if config.data.mixture else [config]:
+        report = on_process_zero(lambda: curate(member, progress=not args.no_progress,
+                                                force=args.force))
+        if report.get("submitted"):
+            print(f"submitted the {report['submitted']} stages as Slurm jobs (logs: "
+                  f"{report['logs']}); when they have finished, run this command again to "
+                  "write the corpus metadata and report.json")
+            continue
+        print(format_report(report))
+        print(f"{report['documents_out']:,} of {report['documents_in']:,} documents kept in "
+              f"{report['seconds']} s -> {report['corpus']} (report.json, rejected/)")
 
 
 def _tokenizer(args: argparse.Namespace) -> None:
     from llm_jax.config import load_config
+    from llm_jax.data.mixture import member_configs
     from llm_jax.data.tokenizer import SentencePieceTokenizer
     from llm_jax.data.tokenizer_training import train_from_config
     from llm_jax.parallel.agreement import check_processes_agree
@@ -146,9 +149,12 @@ def _tokenizer(args: argparse.Namespace) -> None:
     if args.pretokenize:
         from llm_jax.data.pretokenize import pretokenize
 
-        meta = on_process_zero(lambda: pretokenize(
-            config, SentencePieceTokenizer.load(info["model"]), progress=not args.no_progress))
-        print(f"  pre-tokenized: {meta['documents']:,} documents, {meta['tokens']:,} tokens")
+        tokenizer = SentencePieceTokenizer.load(info["model"])
+        for member in member_configs(config) if config.data.mixture else [config]:
+            meta = on_process_zero(lambda: pretokenize(member, tokenizer,
+                                                       progress=not args.no_progress))
+            print(f"  pre-tokenized {member.data.source}: {meta['documents']:,} documents, "
+                  f"{meta['tokens']:,} tokens")
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,8 @@ says which key to change; the range of each numeric key is a row of `config_rang
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import difflib
 import types
 import typing
@@ -207,10 +209,61 @@ class DataConfig:
     corpora: str = ""  # shared prepared corpora (local or gs://), named by their settings
     pretokenized: bool = False  # read token ids written by `llm-jax tokenizer --pretokenize`
     tokens_dir: str = ""  # pre-tokenized shards; empty: beside a shared corpus, or <run_dir>/tokens
+    # Weighted sources, each curated into its own corpus and mixed row by row in training:
+    # "SOURCE=WEIGHT,..." (e.g. "web/*.txt=0.7,jsonl:code.jsonl=0.3"); empty: data.source alone.
+    mixture: str = ""
+    # Weights by training stage: "STEP:W1/W2/...,..." (from STEP on; one weight per source).
+    mixture_stages: str = ""
 
     def __post_init__(self) -> None:
         _check_numbers(self, "data")
         _check_choice("data.packing", self.packing, ("pack", "concat"))
+        members = self.mixture_members()
+        self.mixture_schedule()
+        if members and (self.curated_dir or self.tokens_dir):
+            raise ConfigError("data.curated_dir and data.tokens_dir name one corpus; a "
+                              "data.mixture's sources are curated under data.corpora (or "
+                              "<run_dir>/corpora)")
+        if self.mixture_stages and not members:
+            raise ConfigError("data.mixture_stages needs data.mixture")
+
+    def mixture_members(self) -> tuple[tuple[str, float], ...]:
+        """data.mixture as ((source, weight), ...); empty without a mixture."""
+        members = []
+        for entry in filter(None, (e.strip() for e in self.mixture.split(","))):
+            source, sep, weight = entry.rpartition("=")
+            try:
+                value = float(weight) if sep and source.strip() else -1.0
+            except ValueError:
+                value = -1.0
+            if value <= 0 or not math.isfinite(value):
+                raise ConfigError(f"data.mixture entry {entry!r} must be SOURCE=WEIGHT with a "
+                                  "positive weight, e.g. web/*.txt=0.7")
+            members.append((source.strip(), value))
+        if len(members) == 1:
+            raise ConfigError("data.mixture needs at least two sources; use data.source for one")
+        return tuple(members)
+
+    def mixture_schedule(self) -> tuple[tuple[int, tuple[float, ...]], ...]:
+        """((first step, normalized weights), ...) in step order, from step 0."""
+        members = self.mixture_members()
+        if not members:
+            return ()
+        stages = [(0, tuple(w for _, w in members))]
+        for entry in filter(None, (e.strip() for e in self.mixture_stages.split(","))):
+            step, _, weights = entry.partition(":")
+            try:
+                values = tuple(float(w) for w in weights.split("/"))
+                start = int(step)
+            except ValueError:
+                values, start = (), -1
+            if (start <= stages[-1][0] or len(values) != len(members)
+                    or any(w < 0 or not math.isfinite(w) for w in values) or not sum(values)):
+                raise ConfigError(
+                    f"data.mixture_stages entry {entry!r} must be STEP:W1/.../W{len(members)} "
+                    "with increasing steps after 0 and non-negative weights, one per source")
+            stages.append((start, values))
+        return tuple((start, tuple(w / sum(ws) for w in ws)) for start, ws in stages)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -582,6 +635,17 @@ def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, An
     return merged
 
 
+@functools.cache
+def _text_keys(cls: type = Config, prefix: str = "") -> frozenset[str]:
+    keys = set()
+    for name, hint in _field_types(cls).items():
+        if dataclasses.is_dataclass(hint):
+            keys |= _text_keys(hint, f"{prefix}{name}.")
+        elif hint is str:
+            keys.add(f"{prefix}{name}")
+    return frozenset(keys)
+
+
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """Turns `["model.d_model=512", "train.steps=10"]` into a nested dictionary."""
     nested: dict[str, Any] = {}
@@ -591,7 +655,8 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            # Text settings take the text as written: YAML would read `10:1` as 601.
+            value = raw if key in _text_keys() else yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = nested

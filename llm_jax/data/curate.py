@@ -363,6 +363,9 @@ def curate(config: Config, progress: bool = True, force: bool = False) -> dict[s
     when the source holds nothing usable or the filters leave nothing; the report is still
     written (with "complete": false) so that a person can see which step did it.
     """
+    if config.data.mixture:
+        raise UserError("a data.mixture is curated source by source: `llm-jax curate` does "
+                        "that (llm_jax.data.mixture.member_configs)")
     started = time.time()
     out = curated_dir(config)
     source = open_source(config.data)

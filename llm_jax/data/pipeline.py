@@ -49,6 +49,7 @@ import grain
 import numpy as np
 
 from llm_jax.config import Config, ConfigError
+from llm_jax.data.mixture import Chained, MixedRows, member_configs
 from llm_jax.data.shards import ShardedBatches, host_shards, shard_count, shard_seed
 from llm_jax.errors import UserError
 
@@ -247,35 +248,43 @@ def make_batch_iterator(
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
                           f"{config.model.vocab_size}; raise model.vocab_size")
     seed = config.seed if seed is None else seed
-    documents = _documents(config, tokenizer)
-    chosen = split_indices(len(documents), config.data.eval_fraction, split)
-    if split == "train" and len(chosen) < shards:
-        raise UserError(f"{len(chosen)} training documents cannot fill data.shards={shards} "
-                        f"({len(documents)} in the corpus); lower data.shards or add documents")
+    members = ([(_documents(member, tokenizer), member) for member in member_configs(config)]
+               if config.data.mixture else [(_documents(config, tokenizer), config)])
+    parts = [(documents, split_indices(len(documents), config.data.eval_fraction, split))
+             for documents, _ in members]
+    for (documents, chosen), (_, member) in zip(parts, members):
+        if split == "train" and len(chosen) < shards:
+            raise UserError(f"{len(chosen)} training documents of {member.data.source} cannot "
+                            f"fill data.shards={shards} ({len(documents)} in its corpus); "
+                            "lower data.shards or add documents")
     encode = _Encode(tokenizer, tokenizer.bos_id, tokenizer.eos_id)
-    if len(chosen):
-        # One document read and encoded here first: whatever the source or the tokenizer
-        # imports or builds on first use is then done in this thread, never by grain's reader
-        # threads at once (which can deadlock on Python's import locks).
-        encode(documents[int(chosen[0])])
+    for documents, chosen in parts:
+        if len(chosen):
+            # One document read and encoded here first: whatever the source or the tokenizer
+            # imports or builds on first use is then done in this thread, never by grain's
+            # reader threads at once (which can deadlock on Python's import locks).
+            encode(documents[int(chosen[0])])
     # Fewer reader threads per shard when a process reads many: the batches do not change.
     read = grain.ReadOptions(num_threads=max(1, 4 // len(mine)),
                              prefetch_buffer_size=max(16, 256 // len(mine)))
-    iterators = {j: _shard_batches(config, documents, chosen[j::shards], encode, split,
-                                   batch_size // shards, shard_seed(seed, j), read,
-                                   tokenizer.pad_id) for j in mine}
+    rows = batch_size // shards
+    if config.data.mixture and split == "train":
+        iterators = {j: _mixed_shard(config, [(d, c[j::shards]) for d, c in parts], encode,
+                                     rows, shard_seed(seed, j), read, tokenizer.pad_id)
+                     for j in mine}
+    else:  # one corpus; or a mixture's held-out documents, member after member
+        documents = Chained(parts) if config.data.mixture else parts[0][0]
+        chosen = np.arange(len(documents)) if config.data.mixture else parts[0][1]
+        iterators = {j: _shard_batches(config, documents, chosen[j::shards], encode, split,
+                                       rows, shard_seed(seed, j), read, tokenizer.pad_id)
+                     for j in mine}
     return ShardedBatches(iterators, tokenizer.pad_id)
 
 
-def _shard_batches(config: Config, documents: Any, chosen: np.ndarray, encode: _Encode,
-                   split: str, rows: int, seed: int, read: grain.ReadOptions, pad_id: int) -> Any:
-    """One shard's `rows` rows of every batch, from its documents `chosen`."""
-    length, train = config.data.seq_len, split == "train"
-    eval_steps = 0 if train else config.eval.steps
-    if len(chosen) == 0:
-        if eval_steps:
-            return _EvalBatches(None, eval_steps, (rows, length), pad_id)
-        return iter(())
+def _shard_rows(config: Config, documents: Any, chosen: np.ndarray, encode: _Encode,
+                train: bool, rows: int, seed: int, read: grain.ReadOptions, pad_id: int) -> Any:
+    """One shard's packed rows (grain IterDataset), from its documents `chosen`."""
+    length = config.data.seq_len
     ds = grain.MapDataset.source(_Subset(documents, chosen))
     if train:
         if config.data.shuffle:
@@ -296,6 +305,19 @@ def _shard_batches(config: Config, documents: Any, chosen: np.ndarray, encode: _
     if train and config.data.shuffle and config.data.shuffle_rows > 1:
         it = grain.experimental.WindowShuffleIterDataset(
             it, window_size=config.data.shuffle_rows, seed=seed)
+    return it
+
+
+def _shard_batches(config: Config, documents: Any, chosen: np.ndarray, encode: _Encode,
+                   split: str, rows: int, seed: int, read: grain.ReadOptions, pad_id: int) -> Any:
+    """One shard's `rows` rows of every batch, from its documents `chosen`."""
+    length, train = config.data.seq_len, split == "train"
+    eval_steps = 0 if train else config.eval.steps
+    if len(chosen) == 0:
+        if eval_steps:
+            return _EvalBatches(None, eval_steps, (rows, length), pad_id)
+        return iter(())
+    it = _shard_rows(config, documents, chosen, encode, train, rows, seed, read, pad_id)
     it = it.batch(rows, drop_remainder=train)
     if not train:
         it = it.map(_PadBatch(rows, pad_id))
@@ -308,6 +330,17 @@ def _shard_batches(config: Config, documents: Any, chosen: np.ndarray, encode: _
     if eval_steps:
         return _EvalBatches(iter(it), eval_steps, (rows, length), pad_id)
     return iter(it)
+
+
+def _mixed_shard(config: Config, members: list[tuple[Any, np.ndarray]], encode: _Encode,
+                 rows: int, seed: int, read: grain.ReadOptions, pad_id: int) -> MixedRows:
+    """One shard's training batches, each row from a member drawn by the stage's weights."""
+    if config.data.worker_count:
+        raise UserError("data.mixture runs in this process; set data.worker_count=0")
+    member_rows = [iter(_shard_rows(config, documents, chosen, encode, True, rows,
+                                    shard_seed(seed, 1000 + m), read, pad_id))
+                   for m, (documents, chosen) in enumerate(members)]
+    return MixedRows(config, member_rows, rows, seed)
 
 
 def batch_tokens(batch: dict[str, np.ndarray]) -> int:

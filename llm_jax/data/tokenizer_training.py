@@ -30,8 +30,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
+
 from llm_jax import storage
-from llm_jax.data.corpus import INFO_FILE, CorpusSource, curated_dir, settings_hash
+from llm_jax.data.corpus import INFO_FILE, CorpusSource, corpus_name, curated_dir, settings_hash
+from llm_jax.data.mixture import Chained, member_configs
 from llm_jax.data.tokenizer import BOS, CHAT_TOKENS, EOS, PAD, UNK, SentencePieceTokenizer
 from llm_jax.errors import UserError
 
@@ -44,8 +47,23 @@ def default_model_path(config: Any) -> storage.AnyPath:
         return storage.path(config.tokenizer.path)
     if config.data.corpora:
         version = settings_hash(_tokenizer_settings(config))
-        return curated_dir(config) / f"tokenizer-{version}" / "tokenizer.model"
+        return _corpus_home(config) / f"tokenizer-{version}" / "tokenizer.model"
     return storage.path(config.run_dir) / "tokenizer" / "tokenizer.model"
+
+
+def _corpus_home(config: Any) -> storage.AnyPath:
+    """The shared corpus; for a mixture, `<corpora>/mixture-<hash of its members' names>`."""
+    if not config.data.mixture:
+        return curated_dir(config)
+    members = [(corpus_name(m), w) for m, (_, w) in zip(member_configs(config),
+                                                          config.data.mixture_members())]
+    return storage.path(config.data.corpora) / f"mixture-{settings_hash(members)}"
+
+
+def _corpora(config: Any) -> list[CorpusSource]:
+    """The curated corpora a tokenizer learns from: the corpus, or every mixture member's."""
+    members = member_configs(config) if config.data.mixture else [config]
+    return [CorpusSource(curated_dir(member)) for member in members]
 
 
 def _tokenizer_settings(config: Any) -> dict[str, Any]:
@@ -197,12 +215,12 @@ def train_from_config(config: Any, force: bool = False, progress: bool = True) -
     from tqdm import tqdm
 
     started = time.time()
-    source = CorpusSource(curated_dir(config))
+    corpora = _corpora(config)
+    source = Chained([(corpus, np.arange(len(corpus))) for corpus in corpora])
     model_path = default_model_path(config)
     record_path = model_path.with_name("training.json")
-    info = storage.path(source.directory) / INFO_FILE
-    settings = {"corpus": hashlib.sha256(info.read_bytes()).hexdigest(),
-                **_tokenizer_settings(config)}
+    infos = b"".join((storage.path(c.directory) / INFO_FILE).read_bytes() for c in corpora)
+    settings = {"corpus": hashlib.sha256(infos).hexdigest(), **_tokenizer_settings(config)}
     if not force and model_path.is_file() and record_path.is_file():
         previous = json.loads(record_path.read_text())
         if previous.get("settings") == settings:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from llm_jax import checkpoint, storage
 from llm_jax.config import Config, save_config
+from llm_jax.data.mixture import SourceTokens, member_names
 from llm_jax.errors import UserError
 from llm_jax.model.pipeline import bubble_fraction
 from llm_jax.parallel.agreement import check_processes_agree
@@ -136,6 +137,8 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
         print(f"mesh {dict(mesh.shape)}; MFU against {peak / 1e12:.1f} TFLOP/s per device "
               f"({peak_source}); pipeline bubble {bubble:.1%}")
     logger = MetricsLogger(run_dir, resume_step=start)
+    source_tokens = (SourceTokens(member_names(config))
+                     if config.data.mixture and config.train.objective == "lm" else None)
     bar = tqdm(total=total_steps, initial=start, disable=not progress or jax.process_index() > 0,
                dynamic_ncols=True, desc="train")
     profile = _parse_profile(config.train.profile_steps)
@@ -146,7 +149,8 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
         for step in range(start, total_steps):
             if profile and step == profile[0]:
                 jax.profiler.start_trace(str(run_dir / "profile"))
-            local = next(train_batches)
+            local = source_tokens.take(next(train_batches)) if source_tokens else next(
+                train_batches)
             batch = device_batch(state, local) if device_batch else to_global(local, sharding)
             state, metrics = step_fn(state, batch)
             window_steps += 1
@@ -164,6 +168,8 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
                           "mfu": tokens_per_sec * model_flops / peak_total}
                 if pipelined:
                     record["pipeline_bubble"] = bubble
+                if source_tokens:
+                    record.update(source_tokens.metrics())
                 if eval_due:
                     eval_metrics = own_eval(state) if own_eval else evaluate(
                         eval_fn, state, data.eval_iterator(), sharding, config.eval.steps)
