@@ -175,18 +175,20 @@ class MeshConfig:
     fsdp: int = -1
     tensor: int = 1
     pipe: int = 1
+    context: int = 1  # context parallelism: the sequence split over this many devices
     # Factors of the axes above that run across slices or hosts over the data-center network.
     dcn_data: int = 1
     dcn_fsdp: int = 1
     dcn_tensor: int = 1
     dcn_pipe: int = 1
+    dcn_context: int = 1
     # Overrides of the logical-axis rules (llm_jax/parallel/rules.py): "name:axis+axis,...".
     rules: str = ""
 
     def __post_init__(self) -> None:
         _check_numbers(self, "mesh")
-        if [self.data, self.fsdp, self.tensor, self.pipe].count(-1) > 1:
-            raise ConfigError("at most one of mesh.data/fsdp/tensor/pipe may be -1")
+        if [self.data, self.fsdp, self.tensor, self.pipe, self.context].count(-1) > 1:
+            raise ConfigError("at most one of mesh.data/fsdp/tensor/pipe/context may be -1")
 
 
 @dataclasses.dataclass(frozen=True)

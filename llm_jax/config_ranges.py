@@ -94,12 +94,14 @@ NUMERIC_RANGES: dict[str, Range] = {
     # mesh
     "mesh.data": MESH_AXIS,
     "mesh.fsdp": MESH_AXIS,
+    "mesh.context": MESH_AXIS,
     "mesh.tensor": MESH_AXIS,
     "mesh.pipe": MESH_AXIS,
     "mesh.dcn_data": COUNT,
     "mesh.dcn_fsdp": COUNT,
     "mesh.dcn_tensor": COUNT,
     "mesh.dcn_pipe": COUNT,
+    "mesh.dcn_context": COUNT,
     # data
     "data.seq_len": COUNT,
     "data.shuffle_rows": count_or("packed rows kept in order"),

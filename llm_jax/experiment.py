@@ -9,11 +9,11 @@ Each variant is trained once per seed on what the experiment's runs share, made 
 the same `train` loop as `llm-jax train` (so runs resume). Each run's directory is named by
 a hash of its resolved config and the library code (`run_version.py`), so repeating the
 command skips unchanged finished runs and retrains changed ones; `run.json` beside its
-metrics records the hash, code version, commit and training wall time. The output folder gets `results.csv` (one row per run, every held-out
-metric of its last step), `results.md` (the experiment's columns as mean and 95% confidence
-interval per variant, beside what the paper reported, then each variant against the first
-one: Welch's test, a verdict at p < 0.01 and the seeds 80% power would need; see
-`experiment_stats.py`) and `loss_curves.png` (training curves, mean per variant).
+metrics records the hash, code version, commit and training wall time. The output folder
+gets `results.csv` (one row per run, every held-out metric of its last step), `results.md`
+(the experiment's columns as mean and 95% confidence interval per variant, beside what the
+paper reported, then each variant against the first one: Welch's test, a verdict at p < 0.01
+and the seeds 80% power would need; see `experiment_stats.py`) and `loss_curves.png` (training curves, mean per variant).
 `--seeds auto` starts with 3 seeds and adds one to every variant until each verdict on the
 first column is decided or `--max-seeds` is reached.
 """
@@ -158,9 +158,10 @@ def write_results(experiment: Experiment, scale: str, out: storage.AnyPath,
         lines += ["", *experiment.summarize(per_variant)]
     commits = sorted({str(r["commit"]) for r in rows})
     lines += ["", f"{len(rows)} runs, {sum(float(r['wall_s']) for r in rows) / 60:.1f} min of "
-              f"training in all; code version {', '.join(sorted({r['code_version'] for r in rows}))}"
-              f", commit {', '.join(commits)}. Each run's directory is named by its config hash "
-              f"(`results.csv`: config_hash, wall_s, run_dir); repeating the command retrains "
+              "training in all; code version "
+              f"{', '.join(sorted({r['code_version'] for r in rows}))}, commit "
+              f"{', '.join(commits)}. Each run's directory is named by its config hash "
+              "(`results.csv`: config_hash, wall_s, run_dir); repeating the command retrains "
               "only what changed."]
     path = out / "results.md"
     path.write_text("\n".join(lines) + "\n")

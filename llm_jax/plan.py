@@ -73,11 +73,11 @@ def activation_bytes_per_device(config: Config, sizes: dict[str, int]) -> float:
     width = 2 if m.dtype == "bfloat16" else 4
     d, heads, hd = m.d_model, m.num_heads, m.resolved_head_dim
     kv = m.num_kv_heads * hd
-    tokens = rows * t
+    tokens = rows * t / sizes["context"]  # context parallelism splits every sequence
     matmul_outputs = tokens * (heads * hd + 2 * kv + d + (3 if m.mlp == "swiglu" else 2)
                                * m.mlp_dim) * width / tp
     flash = m.attention in ("splash", "cudnn")  # kernels that never hold the whole scores
-    attention_scores = 0.0 if flash else rows * heads * t * t * 4 / tp  # fp32 probabilities
+    attention_scores = 0.0 if flash else tokens * heads * t * 4 / tp  # fp32 probabilities
     norms_and_inputs = 4 * tokens * d * width
     # One block's whole working set, live while its backward pass runs (recomputed under remat).
     working_set = matmul_outputs + norms_and_inputs + attention_scores
@@ -99,7 +99,7 @@ def activation_bytes_per_device(config: Config, sizes: dict[str, int]) -> float:
     in_flight = min(config.train.microbatches, sizes["pipe"]) if sizes["pipe"] > 1 else 1
     # Logits and their gradient in fp32; with train.loss_chunk one chunk of positions at a time.
     logit_positions = min(config.train.loss_chunk or t, t)
-    logits = rows * logit_positions * m.vocab_size * 4 / tp * 2
+    logits = rows * logit_positions * m.vocab_size * 4 / tp * 2 / sizes["context"]
     return per_layer * layers_here * in_flight + working_set + logits
 
 
@@ -243,7 +243,8 @@ def _compiled_lines(compiled: Compiled, estimate: float) -> list[str]:
              f"aliased {size(compiled.aliased)}); the formula's total is "
              f"{estimate / compiled.total - 1:+.0%} off"]
     costs = compiled.costs
-    sent = ", ".join(f"{kind} {size(sent)}" for kind, sent in sorted(costs.collective_bytes.items()))
+    sent = ", ".join(f"{kind} {size(sent)}"
+                     for kind, sent in sorted(costs.collective_bytes.items()))
     lines.append(f"counted in the compiled step per device, every loop iteration: "
                  f"{costs.matmul_flops:.3e} matmul FLOPs, {size(costs.hbm_bytes)} of HBM "
                  f"traffic, {size(costs.total_collective_bytes)} sent by collectives"
@@ -283,7 +284,8 @@ def compile_step_memory(config: Config, devices: list) -> Compiled:
         raise UserError(f"XLA gives no memory analysis for {where}; plan with --no-compile")
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-    return Compiled(where, devices[0].platform, memory.argument_size_in_bytes, memory.output_size_in_bytes,
-                    memory.temp_size_in_bytes, memory.alias_size_in_bytes,
+    return Compiled(where, devices[0].platform, memory.argument_size_in_bytes,
+                    memory.output_size_in_bytes, memory.temp_size_in_bytes,
+                    memory.alias_size_in_bytes,
                     cost.get("flops"), cost.get("bytes accessed"),
                     step_costs(compiled.as_text(), len(devices)))

@@ -31,7 +31,8 @@ def run(overrides, devices):
     config = load_config("tiny", BASE + overrides)
     training = build_training(config, make_mesh(config, jax.devices()[:devices]),
                               jax.random.key(0))
-    first = training.put_batch(next(batches(1)))
+    length, rows = config.data.seq_len, config.train.batch_size
+    first = training.put_batch(next(batches(1, rows, length)))
 
     @jax.jit
     def gradients(params, batch):
@@ -43,7 +44,7 @@ def run(overrides, devices):
     with sharding_context(training.mesh, training.rules):
         loss, grads = jax.device_get(gradients(training.state.params, first))
     state, losses = training.state, []
-    for batch in batches():
+    for batch in batches(rows=rows, length=length):
         state, metrics = training.step(state, training.put_batch(batch))
         losses.append(float(metrics["loss"]))
     return loss, grads, losses

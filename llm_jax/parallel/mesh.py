@@ -1,9 +1,9 @@
 """The device mesh from `mesh.*`, and the start-time checks that the run fits it.
 
-Axes are ordered ("data", "pipe", "fsdp", "tensor") so that tensor parallelism, which talks
-most, lands on the closest devices, and data parallelism on the farthest. With `dcn_*` factors
-the mesh is a hybrid one: those factors run across slices (or hosts) over the data-center
-network, the rest over the chips' interconnect.
+Axes are ordered ("data", "pipe", "fsdp", "context", "tensor") so that tensor parallelism,
+which talks most, lands on the closest devices, and data parallelism on the farthest. With
+`dcn_*` factors the mesh is a hybrid one: those factors run across slices (or hosts) over the
+data-center network, the rest over the chips' interconnect.
 """
 
 from __future__ import annotations
@@ -54,10 +54,16 @@ def check_fits_mesh(config: Config, sizes: dict[str, int]) -> None:
          tensor),
         (model.d_model % fsdp, f"model.d_model={model.d_model}", "mesh.fsdp", fsdp),
         (model.num_layers % pipe, f"model.num_layers={model.num_layers}", "mesh.pipe", pipe),
+        (config.data.seq_len % sizes["context"], f"data.seq_len={config.data.seq_len}",
+         "mesh.context", sizes["context"]),
     ]
     for remainder, what, axis, size in checks:
         if remainder:
             raise ConfigError(f"{what} is not divisible by {axis}={size}; change one of them")
+    if sizes["context"] > 1 and model.attention in ("splash", "cudnn"):
+        raise ConfigError(f"model.attention={model.attention} runs on whole sequences; with "
+                          "mesh.context > 1 use xla, blockwise or dot_product, whose scores "
+                          "XLA computes from the gathered keys and values")
     shards = sizes["data"] * fsdp * train.microbatches
     if train.batch_size % shards:
         raise ConfigError(

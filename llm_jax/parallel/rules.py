@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from llm_jax.config import ConfigError
 
-MESH_AXES = ("data", "pipe", "fsdp", "tensor")
+MESH_AXES = ("data", "pipe", "fsdp", "context", "tensor")
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 DEFAULT_RULES: Rules = (
     ("act_batch", ("data", "fsdp")),
-    ("act_length", None),
+    ("act_length", "context"),  # context parallelism: each device a slice of the sequence
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_kv_heads", "tensor"),
