@@ -3,6 +3,7 @@ in PyTorch at the same shapes, batch and optimizer, and our achieved FLOP/s agai
 matmul measured in the same process (CPU) or the chip's datasheet peak (GPU/TPU).
 
     python benchmarks/train_speed.py                          # tiny preset, CPU, fp32, vs PyTorch
+    python benchmarks/train_speed.py --experiment-shapes      # the experiments' tiny scale
     python benchmarks/train_speed.py --preset llama3.2-1b --dtype bfloat16 --batch 4 \
         --seq 2048 --no-torch                                 # one H100: MFU against 989 TFLOP/s
 
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import jax
 
@@ -24,6 +27,15 @@ from llm_jax.parallel.mesh import make_mesh
 from llm_jax.train.build import build_training
 from llm_jax.train.flops import flops_per_token, measured_matmul_flops, peak_flops_per_device
 from llm_jax.train.synthetic import synthetic_batch
+
+
+def experiment_model() -> list[str]:
+    """The model settings of experiments/scales.py's tiny scale (its batch and length are
+    set by --experiment-shapes itself)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from scales import TINY
+
+    return [o for o in TINY if o.startswith("model.") and "max_seq_len" not in o]
 
 
 class JaxRunner:
@@ -96,8 +108,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--experiment-shapes", action="store_true",
+                        help="the model and batch of experiments/scales.py's tiny scale "
+                             "(d_model 128, 2 layers, batch 16 x 128)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.experiment_shapes:
+        args.batch, args.seq = 16, 128
+        args.overrides = [*experiment_model(), *args.overrides]
 
     config = load_config(args.preset, [
         f"train.batch_size={args.batch}", f"data.seq_len={args.seq}",

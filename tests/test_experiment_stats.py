@@ -59,7 +59,9 @@ def _fake_training(monkeypatch, effect):
         label, seed = config.run_dir.split("/")[-2], config.seed
         loss = 4.0 - (effect if label == "b" else 0.0) + noise[seed]
         return {"eval_loss": loss, "eval_accuracy": 1 - loss / 10, "train_loss": loss,
-                "params": 10**6, "non_embedding_params": 10**5, "steps": 1}
+                "params": 10**6, "non_embedding_params": 10**5, "steps": 1,
+                "config_hash": "0" * 12, "code_version": "1" * 12, "commit": "c", "wall_s": 1.0,
+                "run_dir": config.run_dir}
 
     monkeypatch.setattr(experiment_module, "train_one", train_one)
     monkeypatch.setattr(experiment_module, "plot_loss_curves", lambda *a: None)
