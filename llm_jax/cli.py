@@ -26,7 +26,8 @@ def _export_hf(args: argparse.Namespace) -> None:
 
     from llm_jax.infer.host_arrays import is_main_process
 
-    out = export_hf_checkpoint(args.checkpoint, args.out, args.overrides)
+    lora = "merge" if args.merge_lora else "peft" if args.peft else ""
+    out = export_hf_checkpoint(args.checkpoint, args.out, args.overrides, lora)
     if is_main_process():
         print(f"exported {args.checkpoint} -> {out}")
 
@@ -180,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("export-hf", help="export a checkpoint as a Hugging Face Llama")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
     p.add_argument("--out", required=True, help="directory to write (config.json, safetensors)")
+    lora = p.add_mutually_exclusive_group()
+    lora.add_argument("--merge-lora", action="store_true",
+                      help="a LoRA run: fold the adapters into the weights, one plain model")
+    lora.add_argument("--peft", action="store_true",
+                      help="a LoRA run: write its adapters alone, as a PEFT adapter directory")
     _add_mesh_args(p)
     p.set_defaults(handler=_export_hf)
 

@@ -67,6 +67,40 @@ class RopeScalingConfig:
                 f"than model.rope_scaling.low_freq_factor={self.low_freq_factor}")
 
 
+LORA_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")  # a block's attention and MLP matrices
+QUANTIZATIONS = ("none", "int8", "nf4")
+NF4_BLOCK = 64  # values per nf4 absmax block (QLoRA, Dettmers et al. 2023)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (Hu et al. 2021): each targeted matrix W computes x W + (alpha / rank)
+    x A B, with only A and B trained; rank 0 trains the whole model. `quantize` stores the
+    frozen base matrices as int8 (per-column absmax) or nf4 (QLoRA: 4-bit NormalFloat in
+    blocks of 64 along the input axis), dequantized layer by layer in the forward pass."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    targets: str = ",".join(LORA_MATRICES)  # a `gate` target is skipped by non-SwiGLU MLPs
+    quantize: str = "none"  # none | int8 | nf4 (needs rank > 0)
+
+    def __post_init__(self) -> None:
+        _check_numbers(self, "model.lora")
+        _check_choice("model.lora.quantize", self.quantize, QUANTIZATIONS)
+        for name in self.target_names:
+            _check_choice("model.lora.targets entry", name, LORA_MATRICES)
+        if self.rank and not self.target_names:
+            raise ConfigError("model.lora.targets is empty; name the matrices to adapt, e.g. "
+                              "q,v")
+        if self.quantize != "none" and not self.rank:
+            raise ConfigError(f"model.lora.quantize={self.quantize} freezes the base weights; "
+                              "it needs adapters to train (model.lora.rank > 0)")
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(n.strip() for n in self.targets.split(",") if n.strip())
+
+
 ATTENTION_IMPLS = ("xla", "blockwise", "dot_product", "cudnn", "splash")
 # Activations of a block named with `checkpoint_name` (llm_jax/model/remat.py), and the named
 # policies: the names each keeps; `names` takes them from model.remat_save.
@@ -116,6 +150,7 @@ class ModelConfig:
     # shallow models, slower to compile for deep ones).
     scan_unroll: int = 1
     init_std: float = 0.02
+    lora: LoraConfig = LoraConfig()
 
     def __post_init__(self) -> None:
         _check_numbers(self, "model")
@@ -148,6 +183,18 @@ class ModelConfig:
             )
         if self.position == "rope" and self.resolved_head_dim % 2:
             raise ConfigError(f"RoPE needs an even head dimension, got {self.resolved_head_dim}")
+        self._check_nf4_blocks()
+
+    def _check_nf4_blocks(self) -> None:
+        if self.lora.quantize != "nf4":
+            return
+        inputs = {"model.d_model": self.d_model, "model.mlp_dim": self.mlp_dim,
+                  "model.num_heads x head dim": self.num_heads * self.resolved_head_dim}
+        for key, size in inputs.items():
+            if size % NF4_BLOCK:
+                raise ConfigError(f"model.lora.quantize=nf4 quantizes blocks of {NF4_BLOCK} "
+                                  f"inputs, and {key}={size} is not a multiple of {NF4_BLOCK}; "
+                                  "use model.lora.quantize=int8")
 
     def remat_names(self) -> tuple[str, ...]:
         """The activations a named remat policy keeps (the rest is recomputed)."""

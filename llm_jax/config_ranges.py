@@ -87,6 +87,8 @@ NUMERIC_RANGES: dict[str, Range] = {
     "model.splash_block": COUNT,
     "model.init_std": NON_NEGATIVE,
     # Llama 3.1 scaling divides the low frequencies by `factor`, so below 1 it would stretch them.
+    "model.lora.rank": count_or("no adapters: every parameter is trained"),
+    "model.lora.alpha": POSITIVE,
     "model.rope_scaling.factor": Range(1, special=((0, "off"),)),
     "model.rope_scaling.low_freq_factor": POSITIVE,
     "model.rope_scaling.high_freq_factor": POSITIVE,

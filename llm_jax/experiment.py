@@ -13,9 +13,9 @@ metrics records the hash, code version, commit and training wall time. The outpu
 gets `results.csv` (one row per run, every held-out metric of its last step), `results.md`
 (the experiment's columns as mean and 95% confidence interval per variant, beside what the
 paper reported, then each variant against the first one: Welch's test, a verdict at p < 0.01
-and the seeds 80% power would need; see `experiment_stats.py`) and `loss_curves.png` (training curves, mean per variant).
-`--seeds auto` starts with 3 seeds and adds one to every variant until each verdict on the
-first column is decided or `--max-seeds` is reached.
+and the seeds 80% power would need; see `experiment_stats.py`) and `loss_curves.png`
+(training curves, mean per variant). `--seeds auto` starts with 3 seeds and adds one to every
+variant until each verdict on the first column is decided or `--max-seeds` is reached.
 """
 
 from __future__ import annotations

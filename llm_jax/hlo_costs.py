@@ -3,8 +3,9 @@
 XLA's own `cost_analysis()` counts each loop body once, so for a model whose layers run in a
 `scan` (and microbatches in a loop) it reports a fraction of the step. This reader walks the
 optimized module instead and weights every computation by how often it runs: a `while` body
-by its trip count (read from its condition's `counter < constant`), everything it calls by
-the same factor. It counts
+by its trip count, everything it calls by the same factor. The trip count is XLA's
+`known_trip_count` backend config where the loop has one, else the constant N of its
+condition's `counter < N`. It counts
 
 - matmul FLOPs: `dot`s and `convolution`s (TPU's XLA lowers matmuls to convolutions), with
   the padding of convolution windows handled as XLA's cost analysis does;
@@ -90,17 +91,24 @@ def _arrays(text: str) -> list[Array]:
             for dtype, dims, layout in ARRAY.findall(text) if dtype in DTYPE_BYTES]
 
 
+def _closing_paren(text: str, start: int = 0) -> int:
+    """Index of the `)` that closes the `(` just before `text[start]`, len(text) if none does:
+    tuple types and operand lists nest parentheses, so the first `)` may be an inner one."""
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    return len(text)
+
+
 def _split_type(rest: str) -> tuple[str, str]:
     """`(f32[2], s32[]) while(...), attrs` -> (type text, the rest after it)."""
     if not rest.startswith("("):
         head, _, tail = rest.partition(" ")
         return head, tail
-    depth = 0
-    for i, char in enumerate(rest):
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if depth == 0:
-            return rest[:i + 1], rest[i + 2:]
-    return rest, ""
+    end = _closing_paren(rest, 1)
+    return rest[:end + 1], rest[end + 2:]
 
 
 def _parse_instruction(line: str) -> Instruction | None:
@@ -110,12 +118,7 @@ def _parse_instruction(line: str) -> Instruction | None:
     name, rest = match.groups()
     type_text, rest = _split_type(rest)
     opcode, _, rest = rest.partition("(")
-    depth, end = 1, len(rest)
-    for i, char in enumerate(rest):
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if depth == 0:
-            end = i
-            break
+    end = _closing_paren(rest)
     operands = re.findall(r"%([\w.\-]+)", rest[:end])
     return Instruction(name, opcode.strip(), _arrays(type_text), operands, rest[:end],
                        rest[end + 1:])

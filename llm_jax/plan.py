@@ -19,7 +19,7 @@ import jax
 from jax.sharding import PartitionSpec
 
 from llm_jax.chips import Chip, parse_slice
-from llm_jax.config import Config, ConfigError
+from llm_jax.config import Config, ConfigError, ModelConfig
 from llm_jax.errors import UserError
 from llm_jax.hlo_costs import StepCosts, step_costs
 from llm_jax.parallel.mesh import check_fits_mesh, mesh_shape
@@ -63,6 +63,11 @@ def state_bytes_per_device(config: Config, sizes: dict[str, int]) -> tuple[float
     return params, opt, count
 
 
+def _compute_width(model: ModelConfig) -> int:
+    """Bytes per element of activations and of gathered weights: the model's compute dtype."""
+    return 2 if model.dtype == "bfloat16" else 4
+
+
 def activation_bytes_per_device(config: Config, sizes: dict[str, int]) -> float:
     """Saved activations for the backward pass, per device, for one microbatch in flight
     (times the stages' microbatches in flight under a pipeline), plus one block's working set
@@ -70,7 +75,7 @@ def activation_bytes_per_device(config: Config, sizes: dict[str, int]) -> float:
     m, t = config.model, config.data.seq_len
     rows = config.train.batch_size / (sizes["data"] * sizes["fsdp"] * config.train.microbatches)
     tp = sizes["tensor"]
-    width = 2 if m.dtype == "bfloat16" else 4
+    width = _compute_width(m)
     d, heads, hd = m.d_model, m.num_heads, m.resolved_head_dim
     kv = m.num_kv_heads * hd
     tokens = rows * t / sizes["context"]  # context parallelism splits every sequence
@@ -146,8 +151,8 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True,
     # before reducing it back into shards.
     layer_params = (matmul_params(shapes.model) - shapes.model.vocab_size
                     * shapes.model.d_model) / shapes.model.num_layers
-    width = 2 if config.model.dtype == "bfloat16" else 4
-    gathered = layer_params * (width + 4) / sizes["tensor"] if sizes["fsdp"] > 1 else 0.0
+    gathered = (layer_params * (_compute_width(config.model) + 4) / sizes["tensor"]
+                if sizes["fsdp"] > 1 else 0.0)
     estimate = params + opt + acts + buffers + gathered
     seq = config.data.seq_len
     flops = flops_per_token(shapes.model, seq)

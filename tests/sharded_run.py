@@ -1,5 +1,6 @@
 """One short training run on a mesh of the first `devices` devices: the loss and gradients of
-the first batch, and the losses of five steps; the sharded tests compare it to one device."""
+the first batch (of the parameters the run trains), and the losses of five steps; the sharded
+tests compare it to one device."""
 
 import jax
 import numpy as np
@@ -7,6 +8,7 @@ import numpy as np
 from llm_jax.config import load_config
 from llm_jax.parallel.mesh import make_mesh
 from llm_jax.parallel.sharding import sharding_context
+from llm_jax.train import trainable
 from llm_jax.train.build import build_training
 from llm_jax.train.step import accumulate_gradients
 
@@ -36,8 +38,13 @@ def run(overrides, devices):
 
     @jax.jit
     def gradients(params, batch):
+        """Of the trained parameters: all of them, or under LoRA the adapters."""
+        objective = training.objective
+        if config.model.lora.rank:
+            params, frozen = trainable.split(params)
+            objective = lambda trained, b: training.objective(trainable.merge(trained, frozen), b)
         numerator, sums, grads = accumulate_gradients(
-            training.objective, params, batch, training.microbatches_in_step)
+            objective, params, batch, training.microbatches_in_step)
         return numerator / sums["denominator"], jax.tree.map(
             lambda g: g / sums["denominator"], grads)
 

@@ -10,7 +10,7 @@ from llm_jax.chips import CHIPS
 from llm_jax.config import load_config
 from llm_jax.hlo_costs import step_costs
 from llm_jax.parallel.tpu_topology import compile_only_devices, libtpu_installed
-from llm_jax.plan import compile_step_memory
+from llm_jax.plan import attention_mask_fraction, compile_step_memory
 from llm_jax.roofline import roofline
 from llm_jax.train.flops import flops_per_token
 
@@ -77,3 +77,19 @@ def test_tpu_convolutions_count_the_models_flops_scanned_or_unrolled():
     assert line.compute_s == pytest.approx(counted[4] / CHIPS["v5e"].peak_flops)
     assert line.step_s == max(line.compute_s, line.memory_s, line.collective_s) > 0
     assert line.mfu == pytest.approx(formula / (line.step_s * CHIPS["v5e"].peak_flops))
+
+
+@pytest.mark.skipif(not libtpu_installed(), reason="needs the tpu extra (libtpu)")
+def test_tpu_splash_kernel_flops_are_counted():
+    """Splash attention's FLOPs are in no HLO op: each layer's forward, dq and dkv kernels do
+    2, 3 and 4 matmuls per (query, key) pair, about half the pairs under a causal mask."""
+    config = load_config("tiny", ["model.attention=splash", "mesh.fsdp=8", "model.remat=none"])
+    costs = compile_step_memory(config, compile_only_devices("v5e", 8)).costs
+    line = roofline(costs, CHIPS["v5e"], 1.0, attention_mask_fraction(config))
+    assert line.unknown_kernels == ()
+    m, seq = config.model, config.data.seq_len
+    batch = config.train.batch_size // 8  # rows per device
+    pairs = batch * m.num_heads * seq * seq * 0.5
+    kernel_flops = line.compute_s * CHIPS["v5e"].peak_flops - costs.matmul_flops
+    expected = m.num_layers * (2 + 3 + 4) * 2 * pairs * m.resolved_head_dim
+    assert kernel_flops == pytest.approx(expected)

@@ -13,7 +13,8 @@ from llm_jax.config import ModelConfig, load_config
 from llm_jax.errors import UserError
 from llm_jax.model import Transformer, count_params, init_params, logical_axes
 from llm_jax.model import attention_kernels
-from llm_jax.model.layers import Mlp, Norm, swiglu
+from llm_jax.model.layers import Norm
+from llm_jax.model.mlp import Mlp, swiglu
 
 SMALL = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
                     mlp_dim=48, max_seq_len=64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -13,13 +14,17 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from llm_jax import checkpoint, storage
+from llm_jax.config import LoraConfig
 from llm_jax.convert.hf_config import hf_config_from_model
 from llm_jax.convert.hf_import import INDEX_FILE, SINGLE_FILE
 from llm_jax.convert.hf_weights import expected_hf_shapes, hf_tensors
+from llm_jax.convert.peft_export import write_peft_adapter
 from llm_jax.data.tokenizer import HF_TOKENIZER_FILES, SENTENCEPIECE_FILE
 from llm_jax.data.tokenizer_training import export_hf
 from llm_jax.infer.host_arrays import is_main_process
+from llm_jax.errors import UserError
 from llm_jax.infer.loading import restore_sharded
+from llm_jax.model.lora import merge_adapters
 
 MAX_SHARD_BYTES = 5 * 1024**3
 
@@ -72,23 +77,39 @@ def write_hf_checkpoint(model_config, params, out: str | Path,
 
 
 def export_hf_checkpoint(checkpoint_dir: storage.PathLike, out: storage.PathLike,
-                         mesh_overrides: Sequence[str] = ()) -> storage.AnyPath:
+                         mesh_overrides: Sequence[str] = (), lora: str = "") -> storage.AnyPath:
     """The parameters are restored in their shards over the `mesh.*` settings' mesh (default:
     fsdp over all devices), so a model larger than one device or host exports too. A `gs://`
-    `out` is written on local disk first (safetensors writes local files), then uploaded."""
+    `out` is written on local disk first (safetensors writes local files), then uploaded.
+    A LoRA run exports with `lora="merge"` (one model, adapters folded in) or `"peft"`."""
     target = storage.path(out)
     if not storage.is_remote(target):
-        return _export(checkpoint_dir, target, mesh_overrides)
+        return _export(checkpoint_dir, target, mesh_overrides, lora)
     with tempfile.TemporaryDirectory() as tmp:
-        _export(checkpoint_dir, Path(tmp), mesh_overrides)
+        _export(checkpoint_dir, Path(tmp), mesh_overrides, lora)
         if is_main_process():
             storage.publish(tmp, target)
     return target
 
 
-def _export(checkpoint_dir: storage.PathLike, out: Path, mesh_overrides: Sequence[str]) -> Path:
+def _export(checkpoint_dir: storage.PathLike, out: Path, mesh_overrides: Sequence[str],
+            lora: str) -> Path:
     config, params, _ = restore_sharded(checkpoint_dir, mesh_overrides)
-    out = write_hf_checkpoint(config.model, params, out)
+    model = config.model
+    if model.lora.rank and not lora:
+        raise UserError(f"{checkpoint_dir} trained LoRA adapters (model.lora.rank="
+                        f"{model.lora.rank}); export them with --merge-lora (one model, the "
+                        "adapters folded in) or --peft (a PEFT adapter for the base model)")
+    if lora and not model.lora.rank:
+        raise UserError(f"{checkpoint_dir} has no LoRA adapters (model.lora.rank=0); export it "
+                        "without --merge-lora / --peft")
+    if lora == "peft":
+        write_peft_adapter(model, params, out)
+    else:
+        if lora == "merge":
+            params = merge_adapters(model, params)
+            model = dataclasses.replace(model, lora=LoraConfig())
+        out = write_hf_checkpoint(model, params, out)
     tokenizer_dir = checkpoint.tokenizer_dir(checkpoint_dir)  # every process: Orbax syncs them
     if not is_main_process():
         return out

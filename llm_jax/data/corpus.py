@@ -90,11 +90,18 @@ def settings_hash(settings: Any) -> str:
 NOT_IN_NAME = ("tasks", "rejected_samples")
 
 
+def source_slug(text: str) -> str:
+    """`text` with each run of characters other than letters, digits and dots made one `-`,
+    and `-` and `.` trimmed from its ends: a source spec as a name safe in paths and metric
+    keys (callers cut it to their length)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-.")
+
+
 def corpus_name(config: Any) -> str:
     """`<source>-<hash of the curation settings>`, e.g. `tfds-c4-en-1f3a...`: the runs and
     experiment arms with the same data settings name the same corpus, and any change of them
     names another one, so a prepared corpus is never curated twice nor silently replaced."""
-    slug = re.sub(r"[^A-Za-z0-9.]+", "-", config.data.source).strip("-.")[:48] or "corpus"
+    slug = source_slug(config.data.source)[:48] or "corpus"
     settings = curation_settings(config)
     for how in NOT_IN_NAME:
         settings["curate"].pop(how)

@@ -19,12 +19,12 @@ every member's held-out documents once, one member after another.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Iterator
 
 import numpy as np
 
 from llm_jax.config import Config
+from llm_jax.data.corpus import source_slug
 
 SOURCE_FIELD = "mixture_source"  # per row of a mixed batch: its member's index
 
@@ -41,7 +41,7 @@ def member_names(config: Config) -> list[str]:
     """Short names of the members for metrics (`tokens/<name>`), unique in the mixture."""
     names = []
     for i, (source, _) in enumerate(config.data.mixture_members()):
-        slug = re.sub(r"[^A-Za-z0-9.]+", "-", source).strip("-.")[:32] or "source"
+        slug = source_slug(source)[:32] or "source"
         names.append(slug if slug not in names else f"{slug}-{i}")
     return names
 

@@ -18,7 +18,8 @@ from jax.sharding import PartitionSpec
 from llm_jax.config import ModelConfig
 from llm_jax.model import attention_kernels
 from llm_jax.model.kv_cache import LAYER_KV_AXES
-from llm_jax.model.layers import Norm, dense, param_with_axes
+from llm_jax.model.layers import Norm
+from llm_jax.model.lora import block_matrix
 from llm_jax.model.rope import apply_rope, inverse_frequencies
 
 Q_AXES = ("act_batch", "act_length", "act_heads", "act_head_dim")
@@ -58,20 +59,17 @@ class Attention(nn.Module):
         if window is None:
             window = cfg.sliding_window or None
         heads, kv_heads, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
-        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        init = nn.initializers.normal(cfg.init_std)
+        kv_shape, kv_axes = (cfg.d_model, kv_heads, head_dim), ("embed", "kv_heads", "head_dim")
+        wq = block_matrix(self, cfg, "q", (cfg.d_model, heads, head_dim),
+                          ("embed", "heads", "head_dim"))
+        wk = block_matrix(self, cfg, "k", kv_shape, kv_axes)
+        wv = block_matrix(self, cfg, "v", kv_shape, kv_axes)
+        wo = block_matrix(self, cfg, "o", (heads, head_dim, cfg.d_model),
+                          ("heads", "head_dim", "embed"), in_dims=2)
 
-        def projection(name: str, shape: tuple[int, ...], axes: tuple[str, ...]) -> jnp.ndarray:
-            return param_with_axes(self, name, init, shape, axes, pdtype).astype(dtype)
-
-        wq = projection("q", (cfg.d_model, heads, head_dim), ("embed", "heads", "head_dim"))
-        wk = projection("k", (cfg.d_model, kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
-        wv = projection("v", (cfg.d_model, kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
-        wo = projection("o", (heads, head_dim, cfg.d_model), ("heads", "head_dim", "embed"))
-
-        q = nn.with_logical_constraint(checkpoint_name(dense(x, wq), "query_proj"), Q_AXES)
-        k = nn.with_logical_constraint(checkpoint_name(dense(x, wk), "key_proj"), KV_AXES)
-        v = nn.with_logical_constraint(checkpoint_name(dense(x, wv), "value_proj"), KV_AXES)
+        q = nn.with_logical_constraint(checkpoint_name(wq(x), "query_proj"), Q_AXES)
+        k = nn.with_logical_constraint(checkpoint_name(wk(x), "key_proj"), KV_AXES)
+        v = nn.with_logical_constraint(checkpoint_name(wv(x), "value_proj"), KV_AXES)
         if cfg.qk_norm:
             q = Norm(cfg, axis_name="head_dim", name="q_norm")(q)
             k = Norm(cfg, axis_name="head_dim", name="k_norm")(k)
@@ -82,8 +80,7 @@ class Attention(nn.Module):
 
         if kv is not None:
             out, kv = _attend_cached(cfg, q, k, v, segment_ids, kv, cache_meta, window)
-            out = nn.with_logical_constraint(out, Q_AXES)
-            return dense(out, wo, in_axes=2), kv
+            return wo(nn.with_logical_constraint(out, Q_AXES)), kv
 
         index = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
         if self.is_mutable_collection("intermediates"):  # train.instrument
@@ -99,7 +96,7 @@ class Attention(nn.Module):
                 cfg.attn_softcap,
             )
         out = nn.with_logical_constraint(checkpoint_name(out, "attention_out"), Q_AXES)
-        return checkpoint_name(dense(out, wo, in_axes=2), "out_proj")
+        return checkpoint_name(wo(out), "out_proj")
 
 
 def _attend_cached(cfg: ModelConfig, q, k, v, segment_ids, kv: LayerKV, cache_meta: CacheMeta,

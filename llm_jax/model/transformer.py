@@ -21,7 +21,8 @@ from llm_jax.errors import UserError
 from llm_jax.model.attention import Attention, CacheMeta, LayerKV, layer_windows
 from llm_jax.model.attention_kernels import check_backend
 from llm_jax.model.kv_cache import CACHE_KV_AXES, CACHE_SEGMENT_AXES, KVCache
-from llm_jax.model.layers import Embed, Mlp, Norm, param_with_axes
+from llm_jax.model.layers import Embed, Norm, param_with_axes
+from llm_jax.model.mlp import Mlp
 from llm_jax.model.output_head import vocab_logits
 from llm_jax.model.pipeline import gpipe
 from llm_jax.model.remat import remat_policy

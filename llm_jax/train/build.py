@@ -4,6 +4,7 @@ tests, the benchmarks and `plan`."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -14,7 +15,7 @@ from llm_jax.config import Config
 from llm_jax.parallel.rules import Rules, axis_rules
 from llm_jax.parallel.sharding import batch_sharding, jit_train_step
 from llm_jax.train.forward import make_forward
-from llm_jax.train.init_from import attach_reference
+from llm_jax.train.init_from import attach_reference, reference_params
 from llm_jax.train.instruments import make_instruments
 from llm_jax.train.objectives import Objective, make_objective
 from llm_jax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -49,8 +50,10 @@ def _objective_and_step(config: Config, mesh: Mesh, tx, shardings):
     objective = make_objective(config, make_forward(config, mesh))
     microbatches = 1 if mesh.shape["pipe"] > 1 else config.train.microbatches
     instruments = make_instruments(config) if config.train.instrument else None
-    step = jit_train_step(make_train_step(objective, tx, schedule, microbatches, instruments),
-                          config, mesh, shardings)
+    step = make_train_step(objective, tx, schedule, microbatches, instruments,
+                           reference=functools.partial(reference_params, config),
+                           adapters_only=bool(config.model.lora.rank))
+    step = jit_train_step(step, config, mesh, shardings)
     return schedule, objective, step
 
 

@@ -30,6 +30,7 @@ from llm_jax.parallel.mesh import make_mesh
 from llm_jax.parallel.preemption import Preemption
 from llm_jax.parallel.rules import axis_rules
 from llm_jax.parallel.sharding import sharding_context
+from llm_jax.train import trainable
 from llm_jax.train.build import build_training
 from llm_jax.train.flops import flops_per_token, peak_flops_per_device
 from llm_jax.train.forward import make_forward
@@ -134,6 +135,8 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
     peak_total = peak * jax.device_count()
     bubble = bubble_fraction(mesh.shape["pipe"], config.train.microbatches) if pipelined else 0.0
     if jax.process_index() == 0:
+        if config.model.lora.rank:
+            print(trainable.describe(config, state.params))
         print(f"mesh {dict(mesh.shape)}; MFU against {peak / 1e12:.1f} TFLOP/s per device "
               f"({peak_source}); pipeline bubble {bubble:.1%}")
     logger = MetricsLogger(run_dir, resume_step=start)
@@ -149,8 +152,9 @@ def train(config: Config, data: Any, progress: bool = True) -> TrainResult:
         for step in range(start, total_steps):
             if profile and step == profile[0]:
                 jax.profiler.start_trace(str(run_dir / "profile"))
-            local = source_tokens.take(next(train_batches)) if source_tokens else next(
-                train_batches)
+            local = next(train_batches)
+            if source_tokens:
+                local = source_tokens.take(local)
             batch = device_batch(state, local) if device_batch else to_global(local, sharding)
             state, metrics = step_fn(state, batch)
             window_steps += 1

@@ -11,6 +11,7 @@ import numpy as np
 
 from llm_jax.parallel.lockstep import lockstep
 from llm_jax.parallel.sharding import sharding_context
+from llm_jax.train.init_from import reference_params
 
 
 def to_global(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -24,16 +25,16 @@ def make_objective_eval(training: Any) -> Callable[[Any, Iterator[dict], int], d
     objective = training.objective
 
     @jax.jit
-    def sums_of(params, reference, batch):
+    def sums_of(state, batch):
+        reference = reference_params(training.config, state)
         fn = objective if reference is None else functools.partial(objective, reference=reference)
-        return fn(params, batch)
+        return fn(state.params, batch)
 
     def evaluate(state, batches: Iterator[dict], steps: int) -> dict[str, float]:
         numerator, totals = 0.0, {}
         for local in lockstep(batches, steps):
             with sharding_context(training.mesh, training.rules):
-                num, sums = sums_of(state.params, state.reference,
-                                    to_global(local, training.batch_sharding))
+                num, sums = sums_of(state, to_global(local, training.batch_sharding))
             numerator += float(num)
             for name, value in jax.device_get(sums).items():
                 totals[name] = totals.get(name, 0.0) + float(value)

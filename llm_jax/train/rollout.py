@@ -44,6 +44,7 @@ from llm_jax.model.output_head import lm_logits
 from llm_jax.parallel.sharding import logical_to_shardings, sharding_context
 from llm_jax.train.advantages import gae, group_advantages, kl_rewards, whiten
 from llm_jax.train.forward import make_forward
+from llm_jax.train.init_from import reference_params
 from llm_jax.train.logprobs import sequence_logprobs
 from llm_jax.train.ppo import forward_batch, policy_outputs
 from llm_jax.train.reward_model import sequence_scores
@@ -148,8 +149,9 @@ class Rollouts:
         last = jax.nn.one_hot(last_token_index(segment_ids), segment_ids.shape[1], dtype=jnp.float32)
         return last * scores[:, None]
 
-    def _score_fn(self, params, reference, rm_params, batch, chunks: int):
+    def _score_fn(self, state, rm_params, batch, chunks: int):
         cfg = self.config.ppo
+        params, reference = state.params, reference_params(self.config, state)
 
         def one(chunk):
             logps, values, _ = policy_outputs(self.config, self._forward, params, chunk)
@@ -191,8 +193,7 @@ class Rollouts:
         rm_params = None if self.reward_model is None else self.reward_model.params
         chunks = max(1, batch["tokens"].shape[0] // self.config.train.batch_size)
         with sharding_context(self.training.mesh, self.training.rules):
-            stacked = self._score(state.params, state.reference, rm_params, batch,
-                                  chunks=chunks)
+            stacked = self._score(state, rm_params, batch, chunks=chunks)
         stacked = to_host(stacked)
         out = {name: rows[name] for name in ROW_FIELDS}
         out.update({name: stacked[:, i] for i, name in enumerate(SCORED_FIELDS)})

@@ -6,6 +6,7 @@ its own shards: a model larger than one host's memory is never materialized whol
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -18,7 +19,8 @@ from llm_jax.config import Config
 from llm_jax.model.heads import init_train_params
 from llm_jax.parallel.rules import axis_rules
 from llm_jax.parallel.sharding import logical_to_shardings, sharding_context
-from llm_jax.train.init_from import needs_reference
+from llm_jax.train.init_from import copies_reference
+from llm_jax.train.trainable import trained_params
 
 
 @flax.struct.dataclass
@@ -34,18 +36,22 @@ class TrainState:
     reference: Any = None
 
     @classmethod
-    def create(cls, params: Any, tx) -> "TrainState":
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+    def create(cls, params: Any, trained: Any, tx) -> "TrainState":
+        """`trained`: the part of `params` the optimizer updates (see `trainable.py`)."""
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trained),
                    bad_steps=jnp.zeros((), jnp.int32))
+
+
+def _initial_state(config: Config, tx, key: jax.Array) -> TrainState:
+    params = init_train_params(config, key)
+    return TrainState.create(params, trained_params(config, params), tx)
 
 
 def create_train_state(config: Config, mesh: Mesh, tx, rng: jax.Array) -> tuple[TrainState, Any]:
     """(state, its shardings), each parameter and optimizer moment born in its shards."""
     rules = axis_rules(config.mesh.rules)
 
-    def boxed_state(key):
-        return TrainState.create(init_train_params(config, key), tx)
-
+    boxed_state = functools.partial(_initial_state, config, tx)
     abstract = jax.eval_shape(boxed_state, rng)
     shardings = logical_to_shardings(abstract, mesh, rules)
     with sharding_context(mesh, rules):
@@ -56,8 +62,8 @@ def create_train_state(config: Config, mesh: Mesh, tx, rng: jax.Array) -> tuple[
 def abstract_train_state(config: Config, tx) -> tuple[TrainState, Any]:
     """Shapes of the train state and their logical partition specs, allocating nothing."""
     def boxed_state():
-        state = TrainState.create(init_train_params(config, jax.random.key(0)), tx)
-        return state.replace(reference=state.params) if needs_reference(config) else state
+        state = _initial_state(config, tx, jax.random.key(0))
+        return state.replace(reference=state.params) if copies_reference(config) else state
 
     abstract = jax.eval_shape(boxed_state)
     return nn.unbox(abstract), nn.get_partition_spec(abstract)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from batch_checks import assert_resumes_exactly, take
 
 from llm_jax.cli import main
 from llm_jax.config import ConfigError, load_config
@@ -38,10 +39,6 @@ def _config(run_dir: Path, *extra: str):
     return load_config("tiny", [f"run_dir={run_dir}", *SETTINGS, *extra])
 
 
-def _take(iterator, n: int) -> list[dict[str, np.ndarray]]:
-    return [next(iterator) for _ in range(n)]
-
-
 def test_each_source_is_its_own_corpus_and_the_tokenizer_learns_from_both(run_dir: Path):
     config = _config(run_dir)
     members = member_configs(config)
@@ -57,8 +54,8 @@ def test_each_source_is_its_own_corpus_and_the_tokenizer_learns_from_both(run_di
 
 def test_rows_follow_the_weights_and_the_stages(run_dir: Path):
     tokenizer = run_tokenizer(_config(run_dir))
-    batches = _take(make_batch_iterator(_config(run_dir, "data.mixture_stages=60:0/1"),
-                                        tokenizer, **HOST), 120)
+    batches = take(make_batch_iterator(_config(run_dir, "data.mixture_stages=60:0/1"),
+                                       tokenizer, **HOST), 120)
     first = np.concatenate([b[SOURCE_FIELD] for b in batches[:60]])
     later = np.concatenate([b[SOURCE_FIELD] for b in batches[60:]])
     share = np.mean(first == 0)  # 480 rows at p = 0.75: standard deviation 0.02
@@ -78,22 +75,14 @@ def test_rows_follow_the_weights_and_the_stages(run_dir: Path):
 def test_a_resumed_mixture_continues_exactly(run_dir: Path):
     config = _config(run_dir)
     tokenizer = run_tokenizer(config)
-    uninterrupted = _take(make_batch_iterator(config, tokenizer, **HOST), 20)
-    first = make_batch_iterator(config, tokenizer, **HOST)
-    _take(first, 9)
-    state = json.loads(json.dumps(first.get_state()))  # as a checkpoint stores it
-    resumed = make_batch_iterator(config, tokenizer, **HOST)
-    resumed.set_state(state)
-    for expected, got in zip(uninterrupted[9:], _take(resumed, 11)):
-        for key in expected:
-            np.testing.assert_array_equal(expected[key], got[key])
+    assert_resumes_exactly(lambda: make_batch_iterator(config, tokenizer, **HOST), 9, 11)
 
 
 def test_two_processes_make_the_batches_of_one(run_dir: Path):
     config = _config(run_dir)
     tokenizer = run_tokenizer(config)
-    one = _take(make_batch_iterator(config, tokenizer, **HOST), 5)
-    parts = [_take(make_batch_iterator(config, tokenizer, process_index=p, process_count=2), 5)
+    one = take(make_batch_iterator(config, tokenizer, **HOST), 5)
+    parts = [take(make_batch_iterator(config, tokenizer, process_index=p, process_count=2), 5)
              for p in (0, 1)]
     for whole, halves in zip(one, zip(*parts)):
         for key in whole:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from batch_checks import assert_resumes_exactly, take
 
 from llm_jax.config import Config, ConfigError, load_config
 from llm_jax.data import corpus
@@ -49,10 +50,6 @@ def _config(run_dir: Path, *extra: str) -> Config:
                               "data.eval_fraction=0.1", *extra])
 
 
-def _take(iterator, n: int) -> list[dict[str, np.ndarray]]:
-    return [next(iterator) for _ in range(n)]
-
-
 def _segments(batch: dict[str, np.ndarray]):
     """(inputs, targets, positions) of every segment of every row."""
     for row in range(batch["inputs"].shape[0]):
@@ -72,9 +69,10 @@ def _whole_documents(tok: SentencePieceTokenizer, batches) -> list[str]:
     return found
 
 
-def test_packed_batch_contract(run_dir: Path, trained_tokenizer: SentencePieceTokenizer, texts: list[str]) -> None:
+def test_packed_batch_contract(run_dir: Path, trained_tokenizer: SentencePieceTokenizer,
+                               texts: list[str]) -> None:
     tok = trained_tokenizer
-    batches = _take(make_batch_iterator(_config(run_dir), tok, process_index=0, process_count=1), 30)
+    batches = take(make_batch_iterator(_config(run_dir), tok, process_index=0, process_count=1), 30)
     batch = batches[0]
     assert sorted(batch) == ["inputs", "loss_mask", "positions", "segment_ids", "targets"]
     for key, dtype in [("inputs", np.int32), ("targets", np.int32), ("segment_ids", np.int32),
@@ -100,53 +98,49 @@ def test_packed_batch_contract(run_dir: Path, trained_tokenizer: SentencePieceTo
 def test_concat_batch_contract(run_dir: Path, trained_tokenizer: SentencePieceTokenizer) -> None:
     tok = trained_tokenizer
     config = _config(run_dir, "data.packing=concat")
-    batches = _take(make_batch_iterator(config, tok, process_index=0, process_count=1), 20)
+    batches = take(make_batch_iterator(config, tok, process_index=0, process_count=1), 20)
     for batch in batches:
         assert np.all(batch["segment_ids"] == 1)
         np.testing.assert_array_equal(batch["positions"], np.broadcast_to(np.arange(T), (B, T)))
         np.testing.assert_array_equal(batch["targets"][:, :-1], batch["inputs"][:, 1:])
-        np.testing.assert_array_equal(batch["loss_mask"], (batch["inputs"] != tok.eos_id).astype(np.float32))
+        np.testing.assert_array_equal(batch["loss_mask"],
+                                      (batch["inputs"] != tok.eos_id).astype(np.float32))
     assert any((b["inputs"] == tok.eos_id).any() for b in batches)
 
 
 @pytest.mark.parametrize("packing", ["pack", "concat"])
-def test_resume_continues_exactly(run_dir: Path, trained_tokenizer: SentencePieceTokenizer, packing: str) -> None:
+def test_resume_continues_exactly(run_dir: Path, trained_tokenizer: SentencePieceTokenizer,
+                                  packing: str) -> None:
     config = _config(run_dir, f"data.packing={packing}")
     host = {"process_index": 0, "process_count": 1}
-    uninterrupted = _take(make_batch_iterator(config, trained_tokenizer, **host), 25)
-    first = make_batch_iterator(config, trained_tokenizer, **host)
-    _take(first, 11)
-    state = json.loads(json.dumps(first.get_state()))  # as a checkpoint stores it
-    resumed = make_batch_iterator(config, trained_tokenizer, **host)
-    resumed.set_state(state)
-    for expected, got in zip(uninterrupted[11:], _take(resumed, 14)):
-        for key in expected:
-            np.testing.assert_array_equal(expected[key], got[key])
+    assert_resumes_exactly(lambda: make_batch_iterator(config, trained_tokenizer, **host), 11, 14)
 
 
 def test_deterministic_and_seeded(run_dir: Path, trained_tokenizer: SentencePieceTokenizer) -> None:
     host = {"process_index": 0, "process_count": 1}
-    a = _take(make_batch_iterator(_config(run_dir), trained_tokenizer, **host), 5)
-    b = _take(make_batch_iterator(_config(run_dir), trained_tokenizer, **host), 5)
-    c = _take(make_batch_iterator(_config(run_dir), trained_tokenizer, seed=7, **host), 5)
+    a = take(make_batch_iterator(_config(run_dir), trained_tokenizer, **host), 5)
+    b = take(make_batch_iterator(_config(run_dir), trained_tokenizer, **host), 5)
+    c = take(make_batch_iterator(_config(run_dir), trained_tokenizer, seed=7, **host), 5)
     assert all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, b))
     assert not all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, c))
 
 
-def test_train_repeats_with_a_new_order_each_epoch(run_dir: Path, trained_tokenizer: SentencePieceTokenizer) -> None:
+def test_train_repeats_with_a_new_order_each_epoch(
+        run_dir: Path, trained_tokenizer: SentencePieceTokenizer) -> None:
     config = _config(run_dir, "data.packing=concat")
     it = make_batch_iterator(config, trained_tokenizer, process_index=0, process_count=1)
     seen = [next(it)["inputs"] for _ in range(400)]  # several passes over the small corpus
     assert len({row.tobytes() for batch in seen for row in batch}) > 0.9 * 400 * B
 
 
-def test_hosts_read_disjoint_documents(run_dir: Path, trained_tokenizer: SentencePieceTokenizer, texts: list[str]) -> None:
+def test_hosts_read_disjoint_documents(run_dir: Path, trained_tokenizer: SentencePieceTokenizer,
+                                       texts: list[str]) -> None:
     config = _config(run_dir)  # data.shards defaults to gcd(B, 64) = 8: shards 0-3 on host 0
     train_docs = split_indices(len(texts), 0.1, "train")
     per_host = []
     for host in range(2):
         it = make_batch_iterator(config, trained_tokenizer, process_index=host, process_count=2)
-        batches = _take(it, 40)
+        batches = take(it, 40)
         assert batches[0]["inputs"].shape == (B // 2, T)
         mine = {texts[i] for shard in range(4 * host, 4 * host + 4) for i in train_docs[shard::B]}
         whole = set(_whole_documents(trained_tokenizer, batches))
@@ -156,13 +150,13 @@ def test_hosts_read_disjoint_documents(run_dir: Path, trained_tokenizer: Sentenc
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])
-def test_processes_together_make_the_batches_of_one(run_dir: Path, split: str,
-                                                     trained_tokenizer: SentencePieceTokenizer) -> None:
+def test_processes_together_make_the_batches_of_one(
+        run_dir: Path, split: str, trained_tokenizer: SentencePieceTokenizer) -> None:
     """Process h's rows, stacked in process order, are the one-process batch, for 2 and 4
     processes; the state saved by all of them resumes on another count."""
     config = _config(run_dir, "eval.steps=3")
-    one = _take(make_batch_iterator(config, trained_tokenizer, split=split, process_index=0,
-                                    process_count=1), 6 if split == "train" else 3)
+    one = take(make_batch_iterator(config, trained_tokenizer, split=split, process_index=0,
+                                   process_count=1), 6 if split == "train" else 3)
     for hosts in (2, 4):
         its = [make_batch_iterator(config, trained_tokenizer, split=split, process_index=h,
                                    process_count=hosts) for h in range(hosts)]
@@ -183,8 +177,8 @@ def test_processes_together_make_the_batches_of_one(run_dir: Path, split: str,
                 np.testing.assert_array_equal(batch[key], one[step][key])
 
 
-def test_eval_is_one_padded_pass_over_held_out_documents(run_dir: Path, trained_tokenizer: SentencePieceTokenizer,
-                                                       texts: list[str]) -> None:
+def test_eval_is_one_padded_pass_over_held_out_documents(
+        run_dir: Path, trained_tokenizer: SentencePieceTokenizer, texts: list[str]) -> None:
     tok = trained_tokenizer
     held_out = split_indices(len(texts), 0.1, "eval")
     assert len(held_out) == round(0.1 * len(texts))
@@ -202,13 +196,14 @@ def test_eval_is_one_padded_pass_over_held_out_documents(run_dir: Path, trained_
     for host, hosts in [(0, 2), (1, 2), (len(held_out), len(held_out) + 1)]:
         config = _config(run_dir, f"eval.steps={steps}", f"train.batch_size={B * hosts}",
                          f"data.shards={hosts}")
-        got = list(make_batch_iterator(config, tok, split="eval", process_index=host, process_count=hosts))
+        got = list(make_batch_iterator(config, tok, split="eval", process_index=host,
+                                       process_count=hosts))
         assert len(got) == steps and all(b["inputs"].shape == (B, T) for b in got)
         assert got[-1]["loss_mask"].sum() == 0
 
 
-def test_pretokenized_path_gives_the_same_batches(run_dir: Path, trained_tokenizer: SentencePieceTokenizer,
-                                                  tmp_path: Path) -> None:
+def test_pretokenized_path_gives_the_same_batches(
+        run_dir: Path, trained_tokenizer: SentencePieceTokenizer, tmp_path: Path) -> None:
     from llm_jax.data.pretokenize import pretokenize
 
     tokens = tmp_path / "tokens"
@@ -216,9 +211,9 @@ def test_pretokenized_path_gives_the_same_batches(run_dir: Path, trained_tokeniz
     meta = pretokenize(config, trained_tokenizer, progress=False)
     assert meta["shards"] == 2 and pretokenize(config, trained_tokenizer, progress=False)["skipped"]
     host = {"process_index": 0, "process_count": 1}
-    from_text = _take(make_batch_iterator(config, trained_tokenizer, **host), 8)
+    from_text = take(make_batch_iterator(config, trained_tokenizer, **host), 8)
     pre = load_config(None, [*_args(config), "data.pretokenized=true"])
-    from_ids = _take(make_batch_iterator(pre, trained_tokenizer, **host), 8)
+    from_ids = take(make_batch_iterator(pre, trained_tokenizer, **host), 8)
     for x, y in zip(from_text, from_ids):
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
@@ -234,7 +229,8 @@ def _args(config: Config) -> list[str]:
             "data.eval_fraction=0.1", f"data.tokens_dir={config.data.tokens_dir}"]
 
 
-def test_configuration_errors(run_dir: Path, trained_tokenizer: SentencePieceTokenizer, tmp_path: Path) -> None:
+def test_configuration_errors(run_dir: Path, trained_tokenizer: SentencePieceTokenizer,
+                              tmp_path: Path) -> None:
     host = {"process_index": 0, "process_count": 1}
     with pytest.raises(ConfigError, match="model.vocab_size"):
         make_batch_iterator(_config(run_dir, "model.vocab_size=512"), trained_tokenizer, **host)
@@ -271,7 +267,7 @@ def test_rows_of_a_long_document_are_spread_over_batches(
     most = {}
     for rows in (0, 256):
         config = _config(run_dir, f"data.shuffle_rows={rows}", "data.shards=1")
-        batches = _take(make_batch_iterator(config, tok, **host), 40)
+        batches = take(make_batch_iterator(config, tok, **host), 40)
         most[rows] = np.mean([_rows_per_document(b, documents) for b in batches])
     # Packed in order, a long document's pieces fill whole batches; shuffled in windows of
     # 256 rows (32 batches), a batch holds a few rows of each document.
