@@ -31,10 +31,11 @@ setup(
     extras_require={
         # torch is pinned: an unpinned torch pulls several GB of CUDA packages on a CPU machine.
         "hf": ["torch==2.13.0", "transformers==5.23.0"],
-        # trl: its DPO and reward-model losses are what the post-training tests compare with.
+        # trl: its DPO and reward-model losses are what the post-training tests compare with;
+        # peft: it loads the LoRA adapters `export-hf --peft` writes, in the LoRA tests.
         # gcp-storage-emulator: the Cloud Storage API server the gs:// tests run on localhost.
         "dev": ["pytest==9.2.0", "pytest-timeout==2.4.0", "torch==2.13.0", "transformers==5.23.0",
-                "trl==1.16.0", "gcp-storage-emulator==2026.7.19"],
+                "trl==1.16.0", "gcp-storage-emulator==2026.7.19", "peft==0.21.2"],
         # libtpu, jax 0.10.2's own (jax[tpu] pins it): JAX on a TPU VM, and anywhere `llm-jax
         # plan --slice` compiling the step for a TPU topology with no TPU present.
         "tpu": ["libtpu==0.0.42.1"],

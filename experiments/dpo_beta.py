@@ -15,7 +15,7 @@ of 150 steps, on a TPU slice (all FSDP).
 """
 
 from llm_jax.experiment import Experiment, Variant, main
-from llm_jax.experiment_data import ReversalPreferences
+from llm_jax.experiment_data import ReversalTask
 
 BETAS = (0.01, 0.1, 0.5, 1.0)  # 0.1: the paper's default; 0.5: its TL;DR runs
 
@@ -45,7 +45,7 @@ EXPERIMENT = Experiment(
     base="dpo-tiny",
     scales={"tiny": TINY, "full": FULL},
     variants=tuple(Variant(f"beta={beta}", (f"dpo.beta={beta}",)) for beta in BETAS),
-    shared=ReversalPreferences(words={"tiny": 4000, "full": 200_000}, sft=SFT),
+    shared=ReversalTask(words={"tiny": 4000, "full": 200_000}, sft=SFT),
     columns=(("eval_loss", "DPO loss"), ("eval_rewards_accuracies", "reward accuracy"),
              ("eval_rewards_margins", "reward margin"),
              ("eval_logratio_chosen", "log π/π_ref chosen"),

@@ -68,21 +68,21 @@ class RopeScalingConfig:
 
 
 LORA_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")  # a block's attention and MLP matrices
-QUANTIZATIONS = ("none", "int8", "nf4")
+QUANTIZATIONS = ("none", "bfloat16", "int8", "nf4")
 NF4_BLOCK = 64  # values per nf4 absmax block (QLoRA, Dettmers et al. 2023)
 
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
     """Low-rank adapters (Hu et al. 2021): each targeted matrix W computes x W + (alpha / rank)
-    x A B, with only A and B trained; rank 0 trains the whole model. `quantize` stores the
-    frozen base matrices as int8 (per-column absmax) or nf4 (QLoRA: 4-bit NormalFloat in
-    blocks of 64 along the input axis), dequantized layer by layer in the forward pass."""
+    x A B, with only A and B trained; rank 0 trains the whole model. `quantize` is how the
+    frozen base matrices are stored: in model.param_dtype (none), bfloat16, int8 (per-column
+    absmax) or nf4 (QLoRA: 4-bit NormalFloat in blocks of 64), dequantized layer by layer."""
 
     rank: int = 0
     alpha: float = 16.0
     targets: str = ",".join(LORA_MATRICES)  # a `gate` target is skipped by non-SwiGLU MLPs
-    quantize: str = "none"  # none | int8 | nf4 (needs rank > 0)
+    quantize: str = "none"  # none | bfloat16 | int8 | nf4 (needs rank > 0)
 
     def __post_init__(self) -> None:
         _check_numbers(self, "model.lora")
@@ -188,12 +188,14 @@ class ModelConfig:
     def _check_nf4_blocks(self) -> None:
         if self.lora.quantize != "nf4":
             return
-        inputs = {"model.d_model": self.d_model, "model.mlp_dim": self.mlp_dim,
-                  "model.num_heads x head dim": self.num_heads * self.resolved_head_dim}
-        for key, size in inputs.items():
+        hd = self.resolved_head_dim
+        blocked = {"model.num_heads x head dim": self.num_heads * hd,
+                   "model.num_kv_heads x head dim": self.num_kv_heads * hd,
+                   "model.mlp_dim": self.mlp_dim}
+        for key, size in blocked.items():
             if size % NF4_BLOCK:
                 raise ConfigError(f"model.lora.quantize=nf4 quantizes blocks of {NF4_BLOCK} "
-                                  f"inputs, and {key}={size} is not a multiple of {NF4_BLOCK}; "
+                                  f"values, and {key}={size} is not a multiple of {NF4_BLOCK}; "
                                   "use model.lora.quantize=int8")
 
     def remat_names(self) -> tuple[str, ...]:

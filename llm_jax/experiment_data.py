@@ -1,10 +1,11 @@
 """What every run of an experiment shares, made once before the first run (in `<out>/_data`).
 
 `CuratedCorpus` (the pretraining ablations): the built-in corpus curated, and a tokenizer
-trained on it. `ReversalPreferences` (preference optimization): word-reversal preference pairs
-(`llm_jax.data.reversal`) and an SFT checkpoint that every run starts from and keeps as its
-frozen reference, so that the variants differ only in what the sweep changes. Each kind says
-which overrides point a run at what it made.
+trained on it. `ReversalTask` (post-training): an SFT checkpoint on the reversals of half of
+a word list (`llm_jax.data.reversal`), which every run starts from (and DPO keeps as its frozen
+reference), and the other half for the runs: as preference pairs, or as more SFT records
+(fine-tuning on words the checkpoint never saw), so that the variants differ only in what the
+sweep changes. Each kind says which overrides point a run at what it made.
 """
 
 from __future__ import annotations
@@ -79,13 +80,15 @@ class CuratedCorpus:
 
 
 @dataclasses.dataclass(frozen=True)
-class ReversalPreferences:
-    """SFT on the reversals of half the words; (reversal, near miss) pairs of the other half,
-    so that the held-out pairs are new to both the SFT and the preference runs."""
+class ReversalTask:
+    """SFT on the reversals of half the words; the other half for the runs, as (reversal, near
+    miss) pairs (`runs_on="pairs"`) or as SFT records (`"sft"`), so that the held-out records
+    are new to both the starting checkpoint and the runs."""
 
     words: dict[str, int]  # distinct words per scale
     sft: dict[str, tuple[str, ...]]  # the SFT run's overrides per scale, after the scale's own
     sft_preset: str = "sft-tiny"
+    runs_on: str = "pairs"
 
     def prepare(self, experiment: Experiment, scale: str, data_dir: storage.AnyPath,
                 extra: Sequence[str]) -> None:
@@ -94,12 +97,16 @@ class ReversalPreferences:
         vocabulary = reversal.words(self.words[scale])
         half = len(vocabulary) // 2
         sft = reversal.write_jsonl(data_dir / "sft.jsonl", reversal.sft_records(vocabulary[:half]))
-        reversal.write_jsonl(data_dir / "pairs.jsonl",
-                             reversal.preference_records(vocabulary[half:]))
+        records = (reversal.preference_records if self.runs_on == "pairs"
+                   else reversal.sft_records)(vocabulary[half:])
+        reversal.write_jsonl(self._runs_data(data_dir), records)
         tokenizer = reversal.train_chat_tokenizer(data_dir / "tokenizer" / "tokenizer.model")
         train_unless_finished(load_config(self.sft_preset, [
             *experiment.scales[scale], *self.sft[scale], *extra, f"run_dir={data_dir / 'sft'}",
             f"tokenizer.path={tokenizer}", f"post.data={sft}"]))
 
+    def _runs_data(self, data_dir: storage.AnyPath) -> storage.AnyPath:
+        return data_dir / ("pairs.jsonl" if self.runs_on == "pairs" else "tune.jsonl")
+
     def overrides(self, data_dir: storage.AnyPath, config: Config) -> tuple[str, ...]:
-        return (f"train.init_from={data_dir / 'sft'}", f"post.data={data_dir / 'pairs.jsonl'}")
+        return (f"train.init_from={data_dir / 'sft'}", f"post.data={self._runs_data(data_dir)}")

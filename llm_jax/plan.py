@@ -22,6 +22,8 @@ from llm_jax.chips import Chip, parse_slice
 from llm_jax.config import Config, ConfigError, ModelConfig
 from llm_jax.errors import UserError
 from llm_jax.hlo_costs import StepCosts, step_costs
+from llm_jax.model.lora import unquantized
+from llm_jax.model.params import count_params
 from llm_jax.parallel.mesh import check_fits_mesh, mesh_shape
 from llm_jax.parallel.rules import axis_rules
 from llm_jax.parallel.sharding import sharding_context
@@ -29,6 +31,7 @@ from llm_jax.roofline import roofline, roofline_lines
 from llm_jax.train.flops import flops_per_token, matmul_params
 from llm_jax.train.optimizer import make_optimizer
 from llm_jax.train.state import abstract_train_state
+from llm_jax.train.trainable import trained_params
 
 
 # XLA needs headroom beyond what this plan counts (fragmentation, collectives' buffers).
@@ -44,8 +47,18 @@ def _shard_factor(spec: PartitionSpec, rules: dict[str, Any], sizes: dict[str, i
     return factor
 
 
-def state_bytes_per_device(config: Config, sizes: dict[str, int]) -> tuple[float, float, int]:
-    """(parameter bytes, optimizer-state bytes, parameter count) on one device."""
+@dataclasses.dataclass(frozen=True)
+class StateBytes:
+    """The train state on one device."""
+
+    params: float
+    trained: float  # the parameters that get gradients: all, or LoRA's adapters and head
+    optimizer: float
+    count: int  # parameters of the model (a quantized matrix counts its weights)
+    trained_count: int
+
+
+def state_bytes_per_device(config: Config, sizes: dict[str, int]) -> StateBytes:
     tx = make_optimizer(config.optimizer, config.train.steps)
     abstract, specs = abstract_train_state(config, tx)
     rules = dict(axis_rules(config.mesh.rules))
@@ -57,10 +70,12 @@ def state_bytes_per_device(config: Config, sizes: dict[str, int]) -> tuple[float
         return sum(leaf.size * leaf.dtype.itemsize / _shard_factor(spec, rules, sizes)
                    for leaf, spec in zip(leaves, spec_leaves))
 
-    params = per_device(abstract.params, specs.params)
-    opt = per_device(abstract.opt_state, specs.opt_state)
-    count = sum(leaf.size for leaf in jax.tree.leaves(abstract.params))
-    return params, opt, count
+    trained = trained_params(config, abstract.params)
+    return StateBytes(params=per_device(abstract.params, specs.params),
+                      trained=per_device(trained, trained_params(config, specs.params)),
+                      optimizer=per_device(abstract.opt_state, specs.opt_state),
+                      count=count_params(unquantized(config.model)),
+                      trained_count=sum(leaf.size for leaf in jax.tree.leaves(trained)))
 
 
 def _compute_width(model: ModelConfig) -> int:
@@ -142,17 +157,19 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True,
     sizes = mesh_shape(config.mesh, chips)
     check_fits_mesh(config, sizes)
     shapes = _with_xla_attention(config)
-    params, opt, count = state_bytes_per_device(shapes, sizes)
+    state = state_bytes_per_device(shapes, sizes)
+    params, opt, count = state.params, state.optimizer, state.count
     acts = activation_bytes_per_device(config, sizes)
     # The step's own buffers: fp32 gradients (and their accumulator over microbatches) and
     # the new optimizer state, made before it replaces the old.
-    buffers = params * (2 if config.train.microbatches > 1 else 1) + opt
+    buffers = state.trained * (2 if config.train.microbatches > 1 else 1) + opt
     # FSDP gathers one block's weights whole (compute dtype) and makes its fp32 gradient
-    # before reducing it back into shards.
+    # (none for LoRA's frozen base) before reducing it back into shards.
     layer_params = (matmul_params(shapes.model) - shapes.model.vocab_size
                     * shapes.model.d_model) / shapes.model.num_layers
-    gathered = (layer_params * (_compute_width(config.model) + 4) / sizes["tensor"]
-                if sizes["fsdp"] > 1 else 0.0)
+    gradient_width = 0 if config.model.lora.rank else 4
+    gathered = (layer_params * (_compute_width(config.model) + gradient_width)
+                / sizes["tensor"] if sizes["fsdp"] > 1 else 0.0)
     estimate = params + opt + acts + buffers + gathered
     seq = config.data.seq_len
     flops = flops_per_token(shapes.model, seq)
@@ -170,6 +187,11 @@ def plan(config: Config, slice_name: str = "", compile_step: bool = True,
         f"total ~{gib(estimate)}",
         f"FLOPs per token: {flops:.3e} (6N + 12·L·d·T, non-causal attention)",
     ]
+    if config.model.lora.rank:
+        lora = config.model.lora
+        base = config.model.param_dtype if lora.quantize == "none" else lora.quantize
+        lines.insert(1, f"LoRA rank {lora.rank} on {lora.targets}: {state.trained_count:,} "
+                        f"trained parameters, the base frozen in {base}")
     compiled, failure = None, ""
     if compile_step:
         devices, skipped = _devices_to_compile_for(slice_name, chip, chips, num_slices)

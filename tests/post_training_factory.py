@@ -12,6 +12,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from llm_jax.config import load_config
 from llm_jax.data.reversal import (  # noqa: F401  (re-exported for the tests)
     near_miss,
     train_chat_tokenizer,
@@ -19,6 +20,9 @@ from llm_jax.data.reversal import (  # noqa: F401  (re-exported for the tests)
     write_jsonl,
     wrong_last_letter,
 )
+from llm_jax.train.loop import train
+from llm_jax.train.metrics import read_metrics
+from llm_jax.train.post_data import training_data
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ["model.vocab_size=304", "model.d_model=128", "model.num_layers=2", "model.num_heads=8",
@@ -28,7 +32,6 @@ MODEL = ["model.vocab_size=304", "model.d_model=128", "model.num_layers=2", "mod
 def base_checkpoint(path: Path) -> Path:
     """A randomly initialized tiny model with the chat tokenizer, in our checkpoint layout."""
     from llm_jax import checkpoint
-    from llm_jax.config import load_config
     from llm_jax.model import init_params
 
     config = load_config("tiny", MODEL + [f"run_dir={path}"])
@@ -38,14 +41,55 @@ def base_checkpoint(path: Path) -> Path:
     return path
 
 
-def run_cli(args: Sequence[str], devices: int = 8, timeout: int = 600) -> str:
+def task_files(root: Path, train_words: Sequence[str]) -> dict[str, Path]:
+    """The word-reversal records of every objective, written under `root`."""
+    return {
+        "sft": write_jsonl(root / "sft.jsonl", ({"prompt": w, "completion": w[::-1]}
+                                                for w in train_words)),
+        "pairs": write_jsonl(root / "pairs.jsonl", ({"prompt": w, "chosen": w[::-1],
+                                                     "rejected": near_miss(w)}
+                                                    for w in train_words)),
+        "reward_pairs": write_jsonl(root / "reward_pairs.jsonl", (
+            {"prompt": w, "chosen": w[::-1], "rejected": wrong_last_letter(w)}
+            for w in train_words)),
+        "prompts": write_jsonl(root / "prompts.jsonl", ({"prompt": w, "answer": w[::-1]}
+                                                        for w in train_words)),
+    }
+
+
+def run_cli(args: Sequence[str], devices: int = 8, timeout: int = 600,
+            succeeds: bool = True) -> str:
+    """The command's output; it must exit 0 (or, with `succeeds=False`, fail)."""
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT / "tests")}  # rewards defined here
     process = subprocess.run([sys.executable, "-m", "llm_jax", *args], cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              timeout=timeout)
-    assert process.returncode == 0, process.stdout
+    assert (process.returncode == 0) == succeeds, process.stdout
     return process.stdout
+
+
+COMMON = ["optimizer.schedule=constant", "optimizer.weight_decay=0", "train.batch_size=16",
+          "checkpoint.every=1000", "eval.every=0"]
+
+
+def losses(run_dir):
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir)}
+
+
+def train_on_8_devices(run_dir, *overrides):
+    """The same run in this process, on its 8 devices: 2-way data, fsdp and tensor parallel."""
+    config = load_config("tiny", MODEL + [f"run_dir={run_dir}", "train.log_every=1",
+                                          "checkpoint.async_save=false", "mesh.data=2",
+                                          "mesh.fsdp=2", "mesh.tensor=2", *overrides])
+    train(config, training_data(config), progress=False)
+    return losses(run_dir)
+
+
+def assert_same_losses(eight, one, steps, atol=2e-5):
+    assert sorted(eight) == list(range(1, steps + 1))
+    np.testing.assert_allclose([eight[s] for s in sorted(eight)],
+                               [one[s] for s in sorted(eight)], atol=atol)
 
 
 def train_args(run_dir: Path, *overrides: str) -> list[str]:

@@ -105,6 +105,24 @@ def test_dpo_beta_sweep_writes_one_finite_row_per_beta_and_plots(tmp_path):
     assert (tmp_path / "loss_curves.png").stat().st_size > 1000
 
 
+def test_lora_rank_sweep_starts_every_arm_from_one_checkpoint(tmp_path):
+    from llm_jax.experiment import main
+    from llm_jax.train.metrics import read_metrics
+
+    experiment = load("lora_rank")
+    main(experiment, ["--seeds", "1", "--out", str(tmp_path), "train.steps=3",
+                      "train.log_every=1", "eval.steps=1"])
+    rows = {r["variant"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
+    assert list(rows) == [v.label for v in experiment.variants]
+    assert all(math.isfinite(float(r["eval_loss"])) for r in rows.values())
+    first = {label: read_metrics(r["run_dir"])[0]["loss"] for label, r in rows.items()}
+    # B = 0: every adapted arm starts as the checkpoint, as full fine-tuning does
+    assert all(first[label] == pytest.approx(first["full"], abs=1e-5)
+               for label in ("r=1", "r=4", "r=16", "r=64"))
+    assert first["r=16-nf4"] == pytest.approx(first["full"], abs=0.05)  # a 4-bit base
+    assert "| r=16-nf4 |" in (tmp_path / "results.md").read_text()
+
+
 def test_dpo_beta_runs_share_one_sft_start_and_differ_only_in_beta():
     from llm_jax.experiment import run_config
 
@@ -117,7 +135,8 @@ def test_dpo_beta_runs_share_one_sft_start_and_differ_only_in_beta():
         assert all(c.train.objective == "dpo" for c in configs)
 
 
-@pytest.mark.parametrize("name", ["mlp_variants", "positions", "norms", "scaling", "qk_norm"])
+@pytest.mark.parametrize("name", ["mlp_variants", "positions", "norms", "scaling", "qk_norm",
+                                  "lora_rank"])
 def test_experiments_define_distinct_variants_for_both_scales(name):
     from llm_jax.experiment import run_config
 

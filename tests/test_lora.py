@@ -35,7 +35,7 @@ def random_adapters(params, seed=1, scale=0.05):
     return jax.tree_util.tree_map_with_path(draw, params)
 
 
-@pytest.mark.parametrize("quantize_base", ["none", "int8", "nf4"])
+@pytest.mark.parametrize("quantize_base", ["none", "bfloat16", "int8", "nf4"])
 @pytest.mark.parametrize("targets", ["q,k,v,o,gate,up,down", "q,v"])
 def test_adapted_model_equals_its_merged_plain_model(quantize_base, targets):
     adapted = dataclasses.replace(MODEL, lora=LoraConfig(rank=4, alpha=8.0, targets=targets,
@@ -72,14 +72,18 @@ def test_quantized_values_are_the_nearest_codes():
     assert np.all(error <= column_scale[:, None, :] * 0.5 + 1e-9)  # round to nearest
     assert np.all(np.abs(np.asarray(q8["codes"])).max(axis=1) == 127)  # each column's max
 
-    q4 = quantize(w, "nf4", 1, 2)
-    assert q4["codes"].dtype == jnp.uint8 and q4["codes"].shape == (3, 64, 64)
-    blocks = np.asarray(w).reshape(3, 2, 64, 64)
-    absmax = np.max(np.abs(blocks), axis=2, keepdims=True)
-    nearest = NF4_LEVELS[np.argmin(np.abs(blocks[..., None] / absmax[..., None]
-                                          - NF4_LEVELS), axis=-1)] * absmax
-    np.testing.assert_allclose(dequantize(q4, w.shape, jnp.float32),
-                               nearest.reshape(w.shape), rtol=1e-6, atol=1e-9)
+    for along_outputs, blocks_axis in ((False, 1), (True, 2)):  # the inputs, or the outputs
+        q4 = quantize(w, "nf4", 1, 2, along_outputs)
+        assert q4["codes"].dtype == jnp.uint8 and q4["codes"].size == w.size // 2
+        matrix = np.asarray(w).reshape(3, 128, 64)
+        blocks = (matrix.reshape(3, 2, 64, 64) if blocks_axis == 1
+                  else matrix.reshape(3, 128, 1, 64).swapaxes(2, 3))  # [.., block, 64, ..]
+        absmax = np.max(np.abs(blocks), axis=2, keepdims=True)
+        nearest = NF4_LEVELS[np.argmin(np.abs(blocks[..., None] / absmax[..., None]
+                                              - NF4_LEVELS), axis=-1)] * absmax
+        nearest = nearest if blocks_axis == 1 else nearest.swapaxes(2, 3)
+        np.testing.assert_allclose(dequantize(q4, w.shape, jnp.float32, along_outputs),
+                                   nearest.reshape(w.shape), rtol=1e-6, atol=1e-9)
 
 
 def test_lora_settings_are_checked():
@@ -91,9 +95,12 @@ def test_lora_settings_are_checked():
         load_config("tiny", ["model.lora.rank=4", "model.lora.quantize=nf4", "model.d_model=96",
                              "model.num_heads=4", "model.num_kv_heads=2"])
     config = load_config("tiny", BASE + ["model.d_model=128", "model.lora.rank=4",
-                                         "model.lora.quantize=nf4", "mesh.fsdp=8"])
-    with pytest.raises(ConfigError, match="nf4 blocks"):  # 128 / 64 = 2 blocks over 8 devices
+                                         "model.lora.quantize=nf4", "mesh.fsdp=4",
+                                         "mesh.tensor=2"])
+    with pytest.raises(ConfigError, match="nf4 blocks"):  # 2 kv heads x 32: one block, 2 shards
         make_mesh(config)
+    make_mesh(dataclasses.replace(config, mesh=dataclasses.replace(config.mesh, fsdp=8,
+                                                                   tensor=1)))  # any fsdp
 
 
 LORA = ["model.lora.rank=4", "model.lora.alpha=8", "optimizer.lr=3e-2"]

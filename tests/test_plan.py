@@ -19,10 +19,32 @@ from llm_jax.plan import compile_step_memory, plan, state_bytes_per_device
 def test_fsdp_divides_state_bytes_by_the_mesh():
     config = load_config("llama3-8b", ["mesh.fsdp=-1"])
     sizes = mesh_shape(config.mesh, 64)
-    params, opt, count = state_bytes_per_device(config, sizes)
-    assert abs(count - 8.03e9) < 5e6
-    assert params == pytest.approx(count * 4 / 64, rel=1e-3)
-    assert opt == pytest.approx(2 * params, rel=1e-3)  # Adam's two moments
+    state = state_bytes_per_device(config, sizes)
+    assert abs(state.count - 8.03e9) < 5e6
+    assert state.params == pytest.approx(state.count * 4 / 64, rel=1e-3)
+    assert state.optimizer == pytest.approx(2 * state.params, rel=1e-3)  # Adam's two moments
+    assert state.trained == state.params
+
+
+def test_lora_state_holds_moments_of_the_adapters_alone():
+    """Llama 3 8B, rank 16 on the 7 matrices of its 32 layers, over fsdp=64. An adapter matrix
+    is sharded where it has the `embed` axis (A of q, k, v, gate, up; B of o, down): 7 x 4096
+    of each layer's 81,920 adapter rows and columns; the rest is replicated."""
+    sizes = mesh_shape(load_config("llama3-8b", ["mesh.fsdp=-1"]).mesh, 64)
+    d, kv, f = 4096, 1024, 14336
+    per_layer = (d + d) + 2 * (d + kv) + (d + d) + 3 * (d + f)  # in + out of each matrix
+    adapters = 16 * 32 * per_layer
+    adapter_bytes = 16 * 32 * (7 * d / 64 + per_layer - 7 * d) * 4
+    for base, width in (("none", 4), ("int8", 1), ("nf4", 0.5 + 4 / 64)):
+        config = load_config("llama3-8b", ["mesh.fsdp=-1", "model.lora.rank=16",
+                                           f"model.lora.quantize={base}"])
+        state = state_bytes_per_device(config, sizes)
+        assert state.trained_count == adapters == 41_943_040
+        assert state.trained == pytest.approx(adapter_bytes, rel=1e-6)
+        assert state.optimizer == pytest.approx(2 * adapter_bytes, rel=1e-6)  # Adam's moments
+        matrices = 6.98e9  # of the blocks: the rest (embeddings, norms) stays fp32
+        assert state.params == pytest.approx((matrices * width + (8.03e9 - matrices) * 4) / 64
+                                             + adapter_bytes, rel=0.02)  # and int8's scales
 
 
 def test_slices_count_chips_not_cores():

@@ -8,16 +8,11 @@ model learns a preference and GRPO runs against it. Every objective runs on 1 de
 import numpy as np
 import pytest
 
-from llm_jax.config import load_config
-from llm_jax.train.loop import train
 from llm_jax.train.metrics import read_metrics
-from llm_jax.train.post_data import training_data
-from post_training_factory import (MODEL, base_checkpoint, exact_match, letter_accuracy,
-                                   near_miss, prefers_correct, reversal_prompts, run_cli,
-                                   train_args, words, write_jsonl, wrong_last_letter)
+from post_training_factory import (COMMON, assert_same_losses, base_checkpoint, exact_match,
+                                   letter_accuracy, losses, prefers_correct, reversal_prompts,
+                                   run_cli, task_files, train_args, train_on_8_devices, words)
 
-COMMON = ["optimizer.schedule=constant", "optimizer.weight_decay=0", "train.batch_size=16",
-          "checkpoint.every=1000", "eval.every=0"]
 SFT = ["train.objective=sft", "optimizer.lr=3e-3", "optimizer.warmup_steps=20", *COMMON]
 DPO = ["train.objective=dpo", "optimizer.lr=1e-3", "optimizer.warmup_steps=5", *COMMON]
 PPO = ["train.objective=ppo", "ppo.reward=post_training_factory:letter_accuracy",
@@ -31,38 +26,8 @@ def task(tmp_path_factory):
     root = tmp_path_factory.mktemp("reverse")
     vocabulary = words()
     train_words, held_out = vocabulary[:2500], vocabulary[2500:2700]
-    files = {
-        "sft": write_jsonl(root / "sft.jsonl", ({"prompt": w, "completion": w[::-1]}
-                                                for w in train_words)),
-        "pairs": write_jsonl(root / "pairs.jsonl", ({"prompt": w, "chosen": w[::-1],
-                                                     "rejected": near_miss(w)}
-                                                    for w in train_words)),
-        "reward_pairs": write_jsonl(root / "reward_pairs.jsonl", (
-            {"prompt": w, "chosen": w[::-1], "rejected": wrong_last_letter(w)}
-            for w in train_words)),
-        "prompts": write_jsonl(root / "prompts.jsonl", ({"prompt": w, "answer": w[::-1]}
-                                                        for w in train_words)),
-    }
+    files = task_files(root, train_words)
     return root, base_checkpoint(root / "base"), files, held_out
-
-
-def losses(run_dir):
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir)}
-
-
-def train_on_8_devices(run_dir, *overrides):
-    """The same run in this process, on its 8 devices: 2-way data, fsdp and tensor parallel."""
-    config = load_config("tiny", MODEL + [f"run_dir={run_dir}", "train.log_every=1",
-                                          "checkpoint.async_save=false", "mesh.data=2",
-                                          "mesh.fsdp=2", "mesh.tensor=2", *overrides])
-    train(config, training_data(config), progress=False)
-    return losses(run_dir)
-
-
-def assert_same_losses(eight, one, steps, atol=2e-5):
-    assert sorted(eight) == list(range(1, steps + 1))
-    np.testing.assert_allclose([eight[s] for s in sorted(eight)],
-                               [one[s] for s in sorted(eight)], atol=atol)
 
 
 @pytest.fixture(scope="module")

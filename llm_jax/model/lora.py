@@ -4,8 +4,8 @@ A targeted matrix W [*inputs, *outputs] gains `{name}_lora_a` [*inputs, rank] an
 `{name}_lora_b` [rank, *outputs], and computes x W + (alpha / rank) (x A) B. B starts at zero,
 so an adapted model starts as its base; A is drawn as PEFT draws it (Kaiming-uniform, bound
 1 / sqrt(K)), which makes the adapters `export-hf --peft` writes load in PEFT unchanged.
-`model.lora.quantize` stores every W as `quantize.py` codes (trained or not, QLoRA freezes
-the whole base).
+`model.lora.quantize` stores every W in bfloat16 or as `quantize.py` codes (adapted or not:
+the whole base is frozen).
 """
 
 from __future__ import annotations
@@ -29,6 +29,18 @@ MATRICES = {"q": ("attn", 1, 2), "k": ("attn", 1, 2), "v": ("attn", 1, 2), "o": 
             "gate": ("mlp", 1, 1), "up": ("mlp", 1, 1), "down": ("mlp", 1, 1)}
 
 
+def along_outputs(name: str) -> bool:
+    """Whether nf4 blocks run along this matrix's outputs: its input is `embed`, which FSDP
+    shards (see `quantize.py`)."""
+    return name not in ("o", "down")
+
+
+def unquantized(cfg: ModelConfig) -> ModelConfig:
+    """The same model with its base stored as plain parameters: what shapes and FLOPs are
+    counted on (a packed nf4 matrix still has all its weights)."""
+    return dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, quantize="none"))
+
+
 def lora_scale(cfg: ModelConfig) -> float:
     return cfg.lora.alpha / cfg.lora.rank
 
@@ -38,17 +50,18 @@ def _base_kernel(module: nn.Module, cfg: ModelConfig, name: str, init: Initializ
     """W in the compute dtype: a parameter, or its int8 / nf4 codes dequantized."""
     dtype = jnp.dtype(cfg.dtype)
     method = cfg.lora.quantize
-    if method == "none":
-        return param_with_axes(module, name, init, shape, axes, jnp.dtype(cfg.param_dtype)
-                               ).astype(dtype)
+    if method in ("none", "bfloat16"):
+        stored = jnp.dtype(cfg.param_dtype if method == "none" else method)
+        return param_with_axes(module, name, init, shape, axes, stored).astype(dtype)
     out_dims = len(shape) - in_dims
     names = quantized_axes(method, axes, in_dims)
 
     def quantized_init(key: jax.Array) -> dict:
-        codes = quantize(init(key, shape, jnp.float32), method, in_dims, out_dims)
+        codes = quantize(init(key, shape, jnp.float32), method, in_dims, out_dims,
+                         along_outputs(name))
         return {part: nn.LogicallyPartitioned(value, names[part]) for part, value in codes.items()}
 
-    return dequantize(module.param(name, quantized_init), shape, dtype)
+    return dequantize(module.param(name, quantized_init), shape, dtype, along_outputs(name))
 
 
 def _adapter_a_init(key: jax.Array, shape: tuple[int, ...], dtype) -> jnp.ndarray:
@@ -97,7 +110,8 @@ def merged_kernel(cfg: ModelConfig, module_params: dict, name: str) -> jnp.ndarr
     base = module_params[name]
     if isinstance(base, dict):  # codes [*lead, K (or K / 2), N]
         lead = base["codes"].shape[:-2]
-        base = dequantize(base, (*lead, *_kernel_shape(cfg, name)), jnp.float32)
+        base = dequantize(base, (*lead, *_kernel_shape(cfg, name)), jnp.float32,
+                          along_outputs(name))
     base = base.astype(jnp.float32)
     if f"{name}_lora_a" not in module_params:
         return base

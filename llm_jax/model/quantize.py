@@ -4,10 +4,14 @@ A matmul kernel [*inputs, *outputs] is quantized as the matrix [K, N] it multipl
 product of its input dimensions, N of its outputs), so each method is one 2-D rule:
 
     int8  codes = round(W / s), s = max |W[:, n]| / 127: one scale per output column
-    nf4   blocks of 64 consecutive inputs of a column share their absmax; each value is the
-          index of the nearest of 16 NormalFloat levels (Dettmers et al. 2023, QLoRA), two
-          indices packed per byte along K. 4.5 bits per weight with fp32 absmax (QLoRA's double
-          quantization of the absmax, 0.37 bits more saved, is not done).
+    nf4   blocks of 64 consecutive values share their absmax; each value is the index of the
+          nearest of 16 NormalFloat levels (Dettmers et al. 2023, QLoRA), two indices packed
+          per byte along the blocked axis. 4.5 bits per weight with fp32 absmax (QLoRA's
+          double quantization of the absmax, 0.37 bits more saved, is not done).
+
+nf4 blocks run along the matrix's axis that is not `embed` (`along_outputs` for q, k, v, gate,
+up; along the inputs for o and down), which FSDP never shards: a device then holds whole
+blocks on any fsdp size, and only the tensor axis must divide the blocks.
 
 Leading dimensions (the `layers` axis of the scanned stack) are kept, so a quantized stack is
 still sliced layer by layer, and dequantization happens inside each layer's step.
@@ -44,12 +48,8 @@ def _safe(absmax: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(absmax > 0, absmax, 1.0)
 
 
-def quantize(w: jnp.ndarray, method: str, in_dims: int, out_dims: int) -> Quantized:
-    """The codes and scales of kernel `w` (see the module docstring)."""
-    matrix = as_matrix(w.astype(jnp.float32), in_dims, out_dims)
-    if method == "int8":
-        scale = _safe(jnp.max(jnp.abs(matrix), axis=-2, keepdims=True)) / 127.0
-        return {"codes": jnp.round(matrix / scale).astype(jnp.int8), "scale": scale}
+def _nf4(matrix: jnp.ndarray) -> Quantized:
+    """Blocks along axis -2 of [*lead, K, N]."""
     *lead, k, n = matrix.shape
     blocks = matrix.reshape(*lead, k // NF4_BLOCK, NF4_BLOCK, n)
     absmax = _safe(jnp.max(jnp.abs(blocks), axis=-2))
@@ -60,17 +60,40 @@ def quantize(w: jnp.ndarray, method: str, in_dims: int, out_dims: int) -> Quanti
     return {"codes": (pairs[..., 0, :] << 4) | pairs[..., 1, :], "scale": absmax}
 
 
-def dequantize(q: Quantized, shape: tuple[int, ...], dtype) -> jnp.ndarray:
-    """The kernel of `shape` (leading dimensions included) that `q` encodes, in `dtype`."""
+def _nf4_values(q: Quantized, dtype) -> jnp.ndarray:
+    """The [*lead, K, N] matrix of `_nf4`'s codes."""
     codes, scale = q["codes"], q["scale"]
-    if codes.dtype == jnp.int8:
-        return (codes.astype(dtype) * scale.astype(dtype)).reshape(shape)
     *lead, half_k, n = codes.shape
     index = jnp.stack([codes >> 4, codes & 15], axis=-2).reshape(*lead, 2 * half_k, n)
     values = jnp.take(jnp.asarray(NF4_LEVELS, dtype), index.astype(jnp.int32))
     blocks = values.reshape(*lead, scale.shape[-2], NF4_BLOCK, n)
-    values = blocks * scale[..., None, :].astype(dtype)
-    return values.reshape(shape)
+    return (blocks * scale[..., None, :].astype(dtype)).reshape(*lead, 2 * half_k, n)
+
+
+def _transposed(q: Quantized) -> Quantized:
+    return {part: jnp.swapaxes(value, -1, -2) for part, value in q.items()}
+
+
+def quantize(w: jnp.ndarray, method: str, in_dims: int, out_dims: int,
+             along_outputs: bool = False) -> Quantized:
+    """The codes and scales of kernel `w` (see the module docstring)."""
+    matrix = as_matrix(w.astype(jnp.float32), in_dims, out_dims)
+    if method == "int8":
+        scale = _safe(jnp.max(jnp.abs(matrix), axis=-2, keepdims=True)) / 127.0
+        return {"codes": jnp.round(matrix / scale).astype(jnp.int8), "scale": scale}
+    if along_outputs:
+        return _transposed(_nf4(jnp.swapaxes(matrix, -1, -2)))
+    return _nf4(matrix)
+
+
+def dequantize(q: Quantized, shape: tuple[int, ...], dtype,
+               along_outputs: bool = False) -> jnp.ndarray:
+    """The kernel of `shape` (leading dimensions included) that `q` encodes, in `dtype`."""
+    if q["codes"].dtype == jnp.int8:
+        return (q["codes"].astype(dtype) * q["scale"].astype(dtype)).reshape(shape)
+    if along_outputs:
+        return jnp.swapaxes(_nf4_values(_transposed(q), dtype), -1, -2).reshape(shape)
+    return _nf4_values(q, dtype).reshape(shape)
 
 
 def quantized_axes(method: str, axes: tuple[str | None, ...], in_dims: int

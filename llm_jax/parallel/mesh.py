@@ -57,13 +57,13 @@ def check_fits_mesh(config: Config, sizes: dict[str, int]) -> None:
         (config.data.seq_len % sizes["context"], f"data.seq_len={config.data.seq_len}",
          "mesh.context", sizes["context"]),
     ]
-    if model.lora.quantize == "nf4":  # each device holds whole absmax blocks of its inputs
-        blocks = {"model.d_model": (model.d_model, "mesh.fsdp", fsdp),
-                  "model.mlp_dim": (model.mlp_dim, "mesh.tensor", tensor),
-                  "model.num_heads x head dim": (model.num_heads * model.resolved_head_dim,
-                                                 "mesh.tensor", tensor)}
-        checks += [((size // NF4_BLOCK) % axis_size, f"{key}={size} / {NF4_BLOCK} (nf4 blocks)",
-                    axis, axis_size) for key, (size, axis, axis_size) in blocks.items()]
+    if model.lora.quantize == "nf4":  # each device holds whole blocks (none along `embed`)
+        hd = model.resolved_head_dim
+        blocked = {"model.num_heads x head dim": model.num_heads * hd,
+                   "model.num_kv_heads x head dim": model.num_kv_heads * hd,
+                   "model.mlp_dim": model.mlp_dim}
+        checks += [((size // NF4_BLOCK) % tensor, f"{key}={size} / {NF4_BLOCK} (nf4 blocks)",
+                    "mesh.tensor", tensor) for key, size in blocked.items()]
     for remainder, what, axis, size in checks:
         if remainder:
             raise ConfigError(f"{what} is not divisible by {axis}={size}; change one of them")

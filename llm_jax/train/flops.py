@@ -2,18 +2,21 @@
 
 FLOPs per token = 6 * N_matmul + 12 * L * d_model * T (PaLM, appendix B; attention counted
 as non-causal), where N_matmul counts every parameter used in a matmul: the output
-projection included, the input embedding lookup and norms not.
+projection included, the input embedding lookup and norms not. Under LoRA the frozen
+matrices take no weight gradient: 4 * N_matmul (forward and input gradient) + 6 * N_adapters.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
 import jax.numpy as jnp
 
-from llm_jax.config import ModelConfig
+from llm_jax.config import LoraConfig, ModelConfig
 from llm_jax.model import abstract_params
+from llm_jax.model.lora import is_adapter, unquantized
 
 # Dense bf16 peak per chip, from the vendors' datasheets.
 PEAK_FLOPS = {"v5 lite": 197e12, "v5e": 197e12, "v5p": 459e12, "v5": 459e12, "v6": 918e12,
@@ -21,13 +24,24 @@ PEAK_FLOPS = {"v5 lite": 197e12, "v5e": 197e12, "v5p": 459e12, "v5": 459e12, "v6
 
 
 def matmul_params(config: ModelConfig) -> int:
-    params = abstract_params(config)
+    """The base model's matmul weights (adapters aside)."""
+    params = abstract_params(dataclasses.replace(config, lora=LoraConfig()))
     count = sum(x.size for x in jax.tree.leaves(params["layers"]) if x.ndim >= 3)
     return count + config.vocab_size * config.d_model  # lm_head, or the tied embedding
 
 
+def adapter_params(config: ModelConfig) -> int:
+    params = abstract_params(unquantized(config))
+    adapters = jax.tree_util.tree_map_with_path(
+        lambda path, x: x.size if is_adapter(str(path[-1].key)) else 0, params)
+    return sum(jax.tree.leaves(adapters))
+
+
 def flops_per_token(config: ModelConfig, seq_len: int) -> float:
-    return 6 * matmul_params(config) + 12 * config.num_layers * config.d_model * seq_len
+    attention = 12 * config.num_layers * config.d_model * seq_len
+    if config.lora.rank:
+        return 4 * matmul_params(config) + 6 * adapter_params(config) + attention
+    return 6 * matmul_params(config) + attention
 
 
 def measured_matmul_flops(size: int = 2048, repeats: int = 5) -> float:

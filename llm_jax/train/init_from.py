@@ -24,7 +24,7 @@ from llm_jax import checkpoint
 from llm_jax.config import Config, LoraConfig, ModelConfig
 from llm_jax.errors import UserError
 from llm_jax.model.heads import init_train_params
-from llm_jax.model.lora import MATRICES, is_adapter, merge_adapters, without_adapters
+from llm_jax.model.lora import MATRICES, along_outputs, is_adapter, merge_adapters, without_adapters
 from llm_jax.model.quantize import quantize
 from llm_jax.parallel.rules import axis_rules
 from llm_jax.parallel.sharding import logical_to_shardings
@@ -100,14 +100,15 @@ def _filled(config: Config, params: dict, restored: dict, shardings: dict
     out, fresh = {}, set()
     for path, value in flat.items():
         base = path[:-1]
-        if path in source:
-            out[path] = source[path]
+        if path in source:  # in the run's dtype (model.lora.quantize=bfloat16)
+            out[path] = source[path].astype(value.dtype)
         elif path[-1] in ("codes", "scale") and base in source:
             if path[-1] == "codes":
                 _, in_dims, out_dims = MATRICES[base[-1]]
                 parts = {part: flat_shardings[(*base, part)] for part in ("codes", "scale")}
                 quantized = jax.jit(
-                    lambda w: quantize(w, config.model.lora.quantize, in_dims, out_dims),
+                    lambda w: quantize(w, config.model.lora.quantize, in_dims, out_dims,
+                                       along_outputs(base[-1])),
                     out_shardings=parts)(source[base])
                 out.update({(*base, part): quantized[part] for part in parts})
         else:
