@@ -101,6 +101,29 @@ class LoraConfig:
         return tuple(n.strip() for n in self.targets.split(",") if n.strip())
 
 
+@dataclasses.dataclass(frozen=True)
+class MoeConfig:
+    """Mixture-of-experts feed-forward blocks (`llm_jax/model/moe.py`): a router sends each
+    token to `top_k` of `experts` SwiGLU experts (each of width model.mlp_dim), weighted by
+    its renormalized top-k probabilities (Mixtral); `shared_experts` run on every token
+    (DeepSeekMoE). 0 experts: the dense MLP."""
+
+    experts: int = 0
+    top_k: int = 2
+    shared_experts: int = 0
+    # Tokens an expert takes per batch row: capacity_factor x its even share, the rest
+    # dropped (GShard, Switch); 0 is dropless (grouped matmuls, `jax.lax.ragged_dot`).
+    capacity_factor: float = 0.0
+    aux_loss: float = 0.01  # Switch Transformer's load-balancing loss, times this
+    z_loss: float = 0.001  # ST-MoE's router z-loss, times this
+
+    def __post_init__(self) -> None:
+        _check_numbers(self, "model.moe")
+        if self.experts and self.top_k > self.experts:
+            raise ConfigError(f"model.moe.top_k={self.top_k} exceeds model.moe.experts="
+                              f"{self.experts}")
+
+
 ATTENTION_IMPLS = ("xla", "blockwise", "dot_product", "cudnn", "splash")
 # Activations of a block named with `checkpoint_name` (llm_jax/model/remat.py), and the named
 # policies: the names each keeps; `names` takes them from model.remat_save.
@@ -151,6 +174,7 @@ class ModelConfig:
     scan_unroll: int = 1
     init_std: float = 0.02
     lora: LoraConfig = LoraConfig()
+    moe: MoeConfig = MoeConfig()
 
     def __post_init__(self) -> None:
         _check_numbers(self, "model")
@@ -184,6 +208,18 @@ class ModelConfig:
         if self.position == "rope" and self.resolved_head_dim % 2:
             raise ConfigError(f"RoPE needs an even head dimension, got {self.resolved_head_dim}")
         self._check_nf4_blocks()
+        self._check_moe()
+
+    def _check_moe(self) -> None:
+        if not self.moe.experts:
+            return
+        if self.mlp != "swiglu":
+            raise ConfigError(f"model.moe.experts are SwiGLU experts; model.mlp={self.mlp} "
+                              "has no mixture-of-experts form here")
+        adapted = set(self.lora.target_names) & {"gate", "up", "down"}
+        if self.lora.rank and adapted:
+            raise ConfigError(f"model.lora.targets {', '.join(sorted(adapted))} are experts' "
+                              "matrices under model.moe, which take no adapters; target q,k,v,o")
 
     def _check_nf4_blocks(self) -> None:
         if self.lora.quantize != "nf4":
@@ -225,19 +261,23 @@ class MeshConfig:
     tensor: int = 1
     pipe: int = 1
     context: int = 1  # context parallelism: the sequence split over this many devices
+    expert: int = 1  # expert parallelism: the experts split over this many devices
     # Factors of the axes above that run across slices or hosts over the data-center network.
     dcn_data: int = 1
     dcn_fsdp: int = 1
     dcn_tensor: int = 1
     dcn_pipe: int = 1
     dcn_context: int = 1
+    dcn_expert: int = 1
     # Overrides of the logical-axis rules (llm_jax/parallel/rules.py): "name:axis+axis,...".
     rules: str = ""
 
     def __post_init__(self) -> None:
         _check_numbers(self, "mesh")
-        if [self.data, self.fsdp, self.tensor, self.pipe, self.context].count(-1) > 1:
-            raise ConfigError("at most one of mesh.data/fsdp/tensor/pipe/context may be -1")
+        sizes = [self.data, self.fsdp, self.tensor, self.pipe, self.context, self.expert]
+        if sizes.count(-1) > 1:
+            raise ConfigError("at most one of mesh.data/fsdp/tensor/pipe/context/expert may "
+                              "be -1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,6 +87,12 @@ NUMERIC_RANGES: dict[str, Range] = {
     "model.splash_block": COUNT,
     "model.init_std": NON_NEGATIVE,
     # Llama 3.1 scaling divides the low frequencies by `factor`, so below 1 it would stretch them.
+    "model.moe.experts": count_or("a dense MLP"),
+    "model.moe.top_k": COUNT,
+    "model.moe.shared_experts": NON_NEGATIVE,
+    "model.moe.capacity_factor": NON_NEGATIVE,
+    "model.moe.aux_loss": NON_NEGATIVE,
+    "model.moe.z_loss": NON_NEGATIVE,
     "model.lora.rank": count_or("no adapters: every parameter is trained"),
     "model.lora.alpha": POSITIVE,
     "model.rope_scaling.factor": Range(1, special=((0, "off"),)),
@@ -97,6 +103,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "mesh.data": MESH_AXIS,
     "mesh.fsdp": MESH_AXIS,
     "mesh.context": MESH_AXIS,
+    "mesh.expert": MESH_AXIS,
     "mesh.tensor": MESH_AXIS,
     "mesh.pipe": MESH_AXIS,
     "mesh.dcn_data": COUNT,
@@ -104,6 +111,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "mesh.dcn_tensor": COUNT,
     "mesh.dcn_pipe": COUNT,
     "mesh.dcn_context": COUNT,
+    "mesh.dcn_expert": COUNT,
     # data
     "data.seq_len": COUNT,
     "data.shuffle_rows": count_or("packed rows kept in order"),

@@ -90,6 +90,7 @@ def train_one(config: Config) -> dict:
     import time
 
     from llm_jax.model import abstract_params
+    from llm_jax.model.lora import unquantized
 
     record_path = storage.path(config.run_dir) / RUN_RECORD
     start = time.perf_counter()
@@ -100,7 +101,7 @@ def train_one(config: Config) -> dict:
             "commit": git_commit(), "seed": config.seed,
             "wall_s": round(time.perf_counter() - start, 1)}, indent=1) + "\n")
     record = json.loads(record_path.read_text())
-    shapes = abstract_params(config.model)
+    shapes = abstract_params(unquantized(config.model))  # an nf4 matrix has all its weights
     total = sum(x.size for x in jax.tree.leaves(shapes))
     return {**{k: v for k, v in last.items() if k.startswith("eval_")},
             "train_loss": last["loss"], "params": total,

@@ -88,7 +88,8 @@ def activation_bytes_per_device(config: Config, sizes: dict[str, int]) -> float:
     (times the stages' microbatches in flight under a pipeline), plus one block's working set
     while its backward runs and the fp32 logits (one `train.loss_chunk` at a time)."""
     m, t = config.model, config.data.seq_len
-    rows = config.train.batch_size / (sizes["data"] * sizes["fsdp"] * config.train.microbatches)
+    rows = config.train.batch_size / (sizes["data"] * sizes["fsdp"] * sizes["expert"]
+                                      * config.train.microbatches)
     tp = sizes["tensor"]
     width = _compute_width(m)
     d, heads, hd = m.d_model, m.num_heads, m.resolved_head_dim

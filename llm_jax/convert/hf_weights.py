@@ -1,4 +1,6 @@
-"""Tensor-by-tensor mapping between Hugging Face Llama weights and our parameter pytree.
+"""Tensor-by-tensor mapping between Hugging Face Llama (and Mixtral) weights and our parameter
+pytree; Mixtral's experts are our stacked `[layers, experts, ...]` kernels, its router
+(`block_sparse_moe.gate`) our `mlp/router`.
 
 Hugging Face stores `nn.Linear` weights as [out, in]; we store einsum kernels as
 [in, ...out] (q: [d_model, heads, head_dim]) with a leading `layers` axis from `nn.scan`.
@@ -36,6 +38,18 @@ def _layer_tensor_names(layer: int) -> dict[str, str]:
     }
 
 
+# Mixtral's experts: (our stacked kernel, its per-expert tensor w1 / w2 / w3)
+EXPERT_TENSORS = {"gate": "w1", "down": "w2", "up": "w3"}
+
+
+def _expert_tensor_name(layer: int, key: str, expert: int) -> str:
+    return f"model.layers.{layer}.block_sparse_moe.experts.{expert}.{EXPERT_TENSORS[key]}.weight"
+
+
+def _router_tensor_name(layer: int) -> str:
+    return f"model.layers.{layer}.block_sparse_moe.gate.weight"
+
+
 def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a Hugging Face checkpoint of this config holds, with its shape."""
     d, heads, kv, hd, f = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads,
@@ -47,7 +61,13 @@ def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
                  "gate": (f, d), "up": (f, d), "down": (d, f), "attn_norm": (d,), "mlp_norm": (d,)}
     for layer in range(cfg.num_layers):
         for key, name in _layer_tensor_names(layer).items():
-            shapes[name] = per_layer[key]
+            if not (cfg.moe.experts and key in EXPERT_TENSORS):
+                shapes[name] = per_layer[key]
+        if cfg.moe.experts:
+            shapes[_router_tensor_name(layer)] = (cfg.moe.experts, d)
+            for key in EXPERT_TENSORS:
+                for expert in range(cfg.moe.experts):
+                    shapes[_expert_tensor_name(layer, key, expert)] = per_layer[key]
     return shapes
 
 
@@ -91,6 +111,29 @@ def param_sources(get: TensorGetter, cfg: ModelConfig, dtype=np.float32) -> dict
 
         return HostArraySource((cfg.num_layers, *shape), np.dtype(dtype), build)
 
+    def stacked_experts(key: str) -> HostArraySource:
+        """[layers, experts, ...]: each expert's w1 / w2 / w3, as the dense MLP's kernel."""
+        shape, to_ours = ours[key]
+        experts = cfg.moe.experts
+
+        def build() -> np.ndarray:
+            out = np.empty((cfg.num_layers, experts, *shape), dtype)
+            for layer in range(cfg.num_layers):
+                for expert in range(experts):
+                    out[layer, expert] = to_ours(tensor(_expert_tensor_name(layer, key, expert)))
+            return out
+
+        return HostArraySource((cfg.num_layers, experts, *shape), np.dtype(dtype), build)
+
+    def stacked_router() -> HostArraySource:
+        def build() -> np.ndarray:
+            out = np.empty((cfg.num_layers, d, cfg.moe.experts), dtype)
+            for layer in range(cfg.num_layers):
+                out[layer] = tensor(_router_tensor_name(layer)).T
+            return out
+
+        return HostArraySource((cfg.num_layers, d, cfg.moe.experts), np.dtype(dtype), build)
+
     def vocab_sized(name: str, transpose: bool) -> HostArraySource:
         """Read in blocks of rows into its buffer, so never a second whole copy."""
         vocab = cfg.vocab_size
@@ -113,7 +156,9 @@ def param_sources(get: TensorGetter, cfg: ModelConfig, dtype=np.float32) -> dict
         "embed": {"embedding": vocab_sized("model.embed_tokens.weight", transpose=False)},
         "layers": {"blocks": {
             "attn": {key: stacked(key) for key in ("q", "k", "v", "o")},
-            "mlp": {key: stacked(key) for key in ("gate", "up", "down")},
+            "mlp": ({"router": stacked_router(),
+                     **{key: stacked_experts(key) for key in ("gate", "up", "down")}}
+                    if cfg.moe.experts else {key: stacked(key) for key in ("gate", "up", "down")}),
             "attn_norm": {"scale": stacked("attn_norm")},
             "mlp_norm": {"scale": stacked("mlp_norm")},
         }},
@@ -158,7 +203,16 @@ def hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, Callable[[], np.ndar
     }
     if not cfg.tie_embeddings:
         tensors["lm_head.weight"] = fetch(params["lm_head"], transform=lambda w: w.T)
+    moe = cfg.moe.experts
     for layer in range(cfg.num_layers):
         for key, name in _layer_tensor_names(layer).items():
-            tensors[name] = fetch(per_layer[key][0], layer, per_layer[key][1])
+            if not (moe and key in EXPERT_TENSORS):
+                tensors[name] = fetch(per_layer[key][0], layer, per_layer[key][1])
+        if moe:
+            tensors[_router_tensor_name(layer)] = fetch(blocks["mlp"]["router"], layer,
+                                                        lambda w: w.T)
+            for key in EXPERT_TENSORS:
+                for expert in range(moe):
+                    tensors[_expert_tensor_name(layer, key, expert)] = fetch(
+                        blocks["mlp"][key], layer, lambda w, e=expert: w[e].T)
     return tensors

@@ -64,7 +64,8 @@ def place(config: Config, overrides: Sequence[str] = ()) -> tuple[Config, Placem
         raise ConfigError(f"mesh.pipe={mesh_config.pipe}: generation and scoring run no "
                           "pipeline schedule; use mesh.data, mesh.fsdp and mesh.tensor")
     # The train batch is not ours: size it so that only the model's divisibility is checked.
-    train = dataclasses.replace(config.train, batch_size=sizes["data"] * sizes["fsdp"],
+    train = dataclasses.replace(config.train,
+                                batch_size=sizes["data"] * sizes["fsdp"] * sizes["expert"],
                                 microbatches=1)
     config = dataclasses.replace(config, mesh=mesh_config, train=train)
     return config, Placement(make_mesh(config), axis_rules(mesh_config.rules))

@@ -23,6 +23,7 @@ from llm_jax.model.attention_kernels import check_backend
 from llm_jax.model.kv_cache import CACHE_KV_AXES, CACHE_SEGMENT_AXES, KVCache
 from llm_jax.model.layers import Embed, Norm, param_with_axes
 from llm_jax.model.mlp import Mlp
+from llm_jax.model.moe import LOSSES, MoeMlp
 from llm_jax.model.output_head import vocab_logits
 from llm_jax.model.pipeline import gpipe
 from llm_jax.model.remat import remat_policy
@@ -30,7 +31,8 @@ from llm_jax.model.remat import remat_policy
 HIDDEN_AXES = ("act_batch", "act_length", "act_embed")
 
 class Block(nn.Module):
-    """One pre-norm residual block: x + attn(norm(x)), then h + mlp(norm(h))."""
+    """One pre-norm residual block: x + attn(norm(x)), then h + mlp(norm(h)); the MLP is a
+    mixture of experts under `model.moe`."""
 
     config: ModelConfig
 
@@ -43,7 +45,11 @@ class Block(nn.Module):
         if kv is not None:
             attn, kv = attn
         h = x + attn
-        out = h + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(h))
+        normed = Norm(cfg, name="mlp_norm")(h)
+        if cfg.moe.experts:
+            out = h + MoeMlp(cfg, name="mlp")(normed, segment_ids)
+        else:
+            out = h + Mlp(cfg, name="mlp")(normed)
         if self.is_mutable_collection("intermediates"):  # train.instrument
             real = (segment_ids > 0)[..., None].astype(jnp.float32)
             mean_square = jnp.sum(jnp.square(out.astype(jnp.float32)) * real) / jnp.maximum(
@@ -82,7 +88,7 @@ class DecoderStack(nn.Module):
                          segment_ids, self.pipeline_stages, self.pipeline_microbatches)
         stack = nn.scan(
             block_class(self.config),
-            variable_axes={"params": 0, "intermediates": 0},
+            variable_axes={"params": 0, "intermediates": 0, LOSSES: 0},
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, 0),
             length=self.config.num_layers,

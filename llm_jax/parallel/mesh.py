@@ -71,11 +71,19 @@ def check_fits_mesh(config: Config, sizes: dict[str, int]) -> None:
         raise ConfigError(f"model.attention={model.attention} runs on whole sequences; with "
                           "mesh.context > 1 use xla, blockwise or dot_product, whose scores "
                           "XLA computes from the gathered keys and values")
-    shards = sizes["data"] * fsdp * train.microbatches
+    experts = model.moe.experts
+    if sizes["expert"] > 1 and (not experts or experts % sizes["expert"]):
+        raise ConfigError(f"mesh.expert={sizes['expert']} splits the experts over devices: it "
+                          f"must divide model.moe.experts={experts}")
+    if experts and pipe > 1:
+        raise ConfigError("model.moe runs without a pipeline schedule (its router losses "
+                          "are not carried between stages); use mesh.pipe=1")
+    shards = sizes["data"] * fsdp * sizes["expert"] * train.microbatches
     if train.batch_size % shards:
         raise ConfigError(
             f"train.batch_size={train.batch_size} is not divisible by mesh.data x mesh.fsdp x "
-            f"train.microbatches = {sizes['data']} x {fsdp} x {train.microbatches} = {shards}"
+            f"mesh.expert x train.microbatches = {sizes['data']} x {fsdp} x {sizes['expert']} "
+            f"x {train.microbatches} = {shards}"
         )
 
 

@@ -1,8 +1,8 @@
 """Logical axis names -> mesh axes: the one table that decides how everything is sharded.
 
-Parameters use `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, `layers`; activations
-use the `act_*` names, so the same dimension can be sharded differently in a weight (FSDP
-shards `embed`) and in an activation (which is sharded over the batch instead).
+Parameters use `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, `layers`, `expert`;
+activations use the `act_*` names, so the same dimension can be sharded differently in a weight
+(FSDP shards `embed`) and in an activation (which is sharded over the batch instead).
 `mesh.rules` in the config overrides entries, e.g. `mesh.rules="act_length:tensor,vocab:none"`.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from llm_jax.config import ConfigError
 
-MESH_AXES = ("data", "pipe", "fsdp", "context", "tensor")
+MESH_AXES = ("data", "pipe", "fsdp", "context", "expert", "tensor")
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 DEFAULT_RULES: Rules = (
-    ("act_batch", ("data", "fsdp")),
+    ("act_batch", ("data", "fsdp", "expert")),  # the expert axis is data-parallel elsewhere
     ("act_length", "context"),  # context parallelism: each device a slice of the sequence
     ("act_embed", None),
     ("act_heads", "tensor"),
@@ -29,6 +29,7 @@ DEFAULT_RULES: Rules = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("mlp", "tensor"),
+    ("expert", "expert"),  # expert parallelism: each device holds its experts' weights
     ("layers", "pipe"),
     ("pipe_stage", "pipe"),
     ("opt_embed", ("fsdp", "data")),  # `embed` of the optimizer moments under optimizer.zero1

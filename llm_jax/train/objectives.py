@@ -21,20 +21,24 @@ Objective = Callable[[Any, Batch], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
 
 def lm_objective(config: Config, forward: Forward) -> Objective:
     """Causal language modeling: next-token cross-entropy (+ optional z-loss) on `loss_mask`;
-    with `train.loss_chunk`, fused with the output projection chunk by chunk."""
+    with `train.loss_chunk`, fused with the output projection chunk by chunk. A mixture of
+    experts adds its router losses (`model.moe.aux_loss`, `z_loss`), logged as `router_loss`."""
     train = config.train
 
     def objective(params, batch: Batch):
         mask = batch["loss_mask"].astype(jnp.float32)
+        out, router = forward(params, batch, return_hidden=bool(train.loss_chunk),
+                              with_router_loss=True)
         if train.loss_chunk:
-            hidden = forward(params, batch, return_hidden=True)
-            kernel = output_kernel(config.model, params, hidden.dtype)
-            nll, z = fused_cross_entropy_sums(hidden, kernel, batch["targets"], mask,
+            kernel = output_kernel(config.model, params, out.dtype)
+            nll, z = fused_cross_entropy_sums(out, kernel, batch["targets"], mask,
                                               train.z_loss, train.loss_chunk)
         else:
-            nll, z = cross_entropy_sums(forward(params, batch), batch["targets"], mask,
-                                        train.z_loss)
-        return nll + z, {"denominator": jnp.sum(mask), "nll": nll}
+            nll, z = cross_entropy_sums(out, batch["targets"], mask, train.z_loss)
+        sums = {"denominator": jnp.sum(mask), "nll": nll}
+        if config.model.moe.experts:  # a mean over the batch: weighted as the tokens are
+            sums["router_loss"] = router * sums["denominator"]
+        return nll + z + sums.get("router_loss", 0.0), sums
 
     return objective
 
