@@ -81,6 +81,25 @@ def test_qk_norm_experiment_file_runs_end_to_end(tmp_path):
     assert (tmp_path / "loss_curves.png").stat().st_size > 1000
 
 
+def test_moe_experiment_compares_equal_active_parameters(tmp_path):
+    from llm_jax.checkpoint import load_run_config
+    from llm_jax.experiment import main
+    from llm_jax.train.metrics import read_metrics
+    from llm_jax.train.flops import flops_per_token
+
+    main(load("moe"), ["--seeds", "1", "--out", str(tmp_path), *SMOKE])
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["variant"] for r in rows] == ["dense", "moe-4x-top1", "moe-8x-top2"]
+    assert all(math.isfinite(float(r["eval_loss"])) for r in rows)
+    models = [load_run_config(r["run_dir"]).model for r in rows]
+    active = [m.mlp_dim * max(m.moe.top_k if m.moe.experts else 1, 1) for m in models]
+    assert len(set(active)) == 1  # the same SwiGLU width per token
+    assert int(rows[1]["params"]) > int(rows[0]["params"])  # 4x the MLP parameters
+    dense_flops = flops_per_token(models[0], 128)  # about equal: the router's matmul aside
+    assert all(flops_per_token(m, 128) == pytest.approx(dense_flops, rel=0.01) for m in models)
+    assert read_metrics(rows[1]["run_dir"])[-1]["router_loss"] > 0
+
+
 def test_dpo_beta_sweep_writes_one_finite_row_per_beta_and_plots(tmp_path):
     from llm_jax.experiment import main
     from llm_jax.train.metrics import read_metrics
@@ -136,7 +155,7 @@ def test_dpo_beta_runs_share_one_sft_start_and_differ_only_in_beta():
 
 
 @pytest.mark.parametrize("name", ["mlp_variants", "positions", "norms", "scaling", "qk_norm",
-                                  "lora_rank"])
+                                  "lora_rank", "moe"])
 def test_experiments_define_distinct_variants_for_both_scales(name):
     from llm_jax.experiment import run_config
 

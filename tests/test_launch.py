@@ -43,7 +43,7 @@ def test_launch_runs_a_command_on_every_process_and_prefixes_its_lines():
     lines = out.getvalue().splitlines()
     for index in (0, 1):  # each process sees the global mesh of both hosts' devices
         assert (f"[process {index}] mesh: 8 devices = data=1 x pipe=1 x fsdp=8 x context=1 x "
-                "tensor=1") in lines
+                "expert=1 x tensor=1") in lines
 
 
 def test_a_failing_process_stops_the_launch_with_its_exit_code():

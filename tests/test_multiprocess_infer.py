@@ -93,7 +93,7 @@ def test_parameters_are_sharded_over_the_mesh_and_never_whole_on_one_device(ckpt
     model = load_model(ckpt, ["mesh.data=2", "mesh.fsdp=4"])
     embedding = model.params["embed"]["embedding"]
     assert dict(model.placement.mesh.shape) == {"data": 2, "pipe": 1, "fsdp": 4, "context": 1,
-                                                "tensor": 1}
+                                                "expert": 1, "tensor": 1}
     assert {shard.data.shape for shard in embedding.addressable_shards} == {(101, 16)}
     assert len(embedding.sharding.device_set) == 8
 

@@ -11,6 +11,12 @@ by those probabilities renormalized over the k (Mixtral). Two ways to run the ex
                                   (GShard, Switch); assignments past them are dropped, and the
                                   experts run as one dense [experts, slots] matmul
 
+Each device runs its own tokens (`_per_device`), so no global sort or dispatch is needed;
+the expert weights are gathered per layer over the fsdp and expert axes, which therefore
+shard their storage (and optimizer state) the way FSDP does: tokens are not exchanged
+between devices by all-to-all. Capacity is then per batch row (per sequence shard under
+`mesh.context`).
+
 Router losses, summed by `router_loss` over the layers (the layer scan stacks them):
 Switch Transformer's load balancing, E x sum_e f_e P_e (f_e: the share of tokens sent to
 expert e over its k choices, P_e: its mean probability; aggregated over layers as
@@ -21,6 +27,7 @@ of the router logits. Padding (segment 0) counts in neither.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -73,6 +80,42 @@ def _with_capacity(x: jnp.ndarray, experts: jnp.ndarray, weights: jnp.ndarray, k
     return jnp.einsum("btkd,btk->btd", out, mix)
 
 
+def _divisible(shape: tuple[int, ...], spec, mesh) -> bool:
+    for size, axes in zip(shape, spec):
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+        if size % math.prod(mesh.shape[axis] for axis in axes):
+            return False
+    return True
+
+
+def _per_device(run, x, experts, weights, kernels: dict) -> jnp.ndarray:
+    """`run(x, experts, weights, kernels)` on each device's own tokens (`shard_map`): the
+    routing, sort and grouped matmuls stay local, where GSPMD would sort the global batch.
+    Each layer's expert weights are gathered whole but for their `mlp` axis (as FSDP gathers
+    a dense block), whose partial sums are added over the tensor axis."""
+    mesh = jax.sharding.get_abstract_mesh()
+    tokens = nn.logical_to_mesh_axes(("act_batch", "act_length", None))
+    if mesh.empty or not _divisible(x.shape, tokens, mesh):  # e.g. one row being decoded
+        return run(x, experts, weights, kernels)
+    specs = {name: nn.logical_to_mesh_axes(axes) for name, axes in EXPERT_AXES.items()}
+    mlp_dim = {"gate": 2, "up": 2, "down": 1}
+    tensor_axes = specs["down"][1]
+
+    def local(x, experts, weights, *shards):
+        whole = {}
+        for (name, spec), kernel in zip(specs.items(), shards):
+            for dim, axes in enumerate(spec):
+                if axes is not None and dim != mlp_dim[name]:
+                    kernel = jax.lax.all_gather(kernel, axes, axis=dim, tiled=True)
+            whole[name] = kernel
+        out = run(x, experts, weights, whole)
+        return out if tensor_axes is None else jax.lax.psum(out, tensor_axes)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(tokens, tokens, tokens, *specs.values()),
+                         out_specs=tokens, check_vma=False)(
+        x, experts, weights, *(kernels[name] for name in specs))
+
+
 class MoeMlp(nn.Module):
     """The feed-forward block of `model.moe.experts` SwiGLU experts (and shared experts)."""
 
@@ -94,11 +137,14 @@ class MoeMlp(nn.Module):
         top_probs, experts = jax.lax.top_k(probs, moe.top_k)
         weights = top_probs / jnp.sum(top_probs, axis=-1, keepdims=True)
         if moe.capacity_factor:
-            out = _with_capacity(x, experts, weights, kernels, num_experts, moe.capacity_factor)
+            run = functools.partial(_with_capacity, num_experts=num_experts,
+                                    capacity_factor=moe.capacity_factor)
         else:
-            out = _dropless(x.reshape(-1, d), experts.reshape(-1, moe.top_k),
-                            weights.reshape(-1, moe.top_k), kernels, num_experts
-                            ).reshape(x.shape)
+            def run(x, experts, weights, kernels):
+                flat = _dropless(x.reshape(-1, d), experts.reshape(-1, moe.top_k),
+                                 weights.reshape(-1, moe.top_k), kernels, num_experts)
+                return flat.reshape(x.shape)
+        out = _per_device(run, x, experts, weights, kernels)
         if moe.shared_experts:
             shared = dataclasses.replace(cfg, mlp_dim=moe.shared_experts * cfg.mlp_dim,
                                          moe=MoeConfig())

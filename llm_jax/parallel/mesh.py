@@ -98,7 +98,13 @@ def _device_grid(mesh: MeshConfig, sizes: dict[str, int], devices) -> np.ndarray
         return mesh_utils.create_hybrid_device_mesh(ici, [dcn[a] for a in MESH_AXES], devices)
     shape = [sizes[a] for a in MESH_AXES]
     if devices[0].platform in ("tpu", "gpu"):
-        return mesh_utils.create_device_mesh(shape, devices)
+        try:
+            return mesh_utils.create_device_mesh(shape, devices)
+        except NotImplementedError as err:  # a size that no set of the torus's axes makes
+            sizes_text = " x ".join(f"mesh.{a}={sizes[a]}" for a in MESH_AXES)
+            raise ConfigError(f"{sizes_text} does not map onto these {len(devices)} devices' "
+                              f"physical topology: {str(err).split('.')[0]}; make each mesh "
+                              "axis a product of the slice's torus dimensions") from None
     return np.asarray(devices).reshape(shape)
 
 

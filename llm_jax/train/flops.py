@@ -2,7 +2,8 @@
 
 FLOPs per token = 6 * N_matmul + 12 * L * d_model * T (PaLM, appendix B; attention counted
 as non-causal), where N_matmul counts every parameter used in a matmul: the output
-projection included, the input embedding lookup and norms not. Under LoRA the frozen
+projection included, the input embedding lookup and norms not, and of a mixture of experts
+only the experts each token is routed to. Under LoRA the frozen
 matrices take no weight gradient: 4 * N_matmul (forward and input gradient) + 6 * N_adapters.
 """
 
@@ -24,10 +25,21 @@ PEAK_FLOPS = {"v5 lite": 197e12, "v5e": 197e12, "v5p": 459e12, "v5": 459e12, "v6
 
 
 def matmul_params(config: ModelConfig) -> int:
-    """The base model's matmul weights (adapters aside)."""
+    """The base model's matmul weights a token goes through (adapters aside): of a mixture of
+    experts, its router and `top_k` of the experts."""
     params = abstract_params(dataclasses.replace(config, lora=LoraConfig()))
-    count = sum(x.size for x in jax.tree.leaves(params["layers"]) if x.ndim >= 3)
-    return count + config.vocab_size * config.d_model  # lm_head, or the tied embedding
+    moe = config.moe
+
+    def used(path, x) -> float:
+        names = [str(getattr(key, "key", key)) for key in path]
+        if x.ndim < 3:
+            return 0
+        if moe.experts and names[-2] == "mlp" and names[-1] in ("gate", "up", "down"):
+            return x.size * moe.top_k / moe.experts
+        return x.size
+
+    count = sum(jax.tree.leaves(jax.tree_util.tree_map_with_path(used, params["layers"])))
+    return int(count) + config.vocab_size * config.d_model  # lm_head, or the tied embedding
 
 
 def adapter_params(config: ModelConfig) -> int:
