@@ -40,6 +40,23 @@ def _attention_kernel_flops(call: CustomCall, mask_fraction: float) -> float | N
             * mask_fraction)
 
 
+def _grouped_matmul_flops(call: CustomCall) -> float | None:
+    """FLOPs of a megablox kernel (mixture of experts) from its floating-point operands:
+    `gmm` rows [m, k] times experts [G, k, n] (or [G, n, k]), and `tgmm`, the weight
+    gradient, rows [m, k] and [m, n] into [G, k, n]; each row meets one expert, 2 m k n."""
+    if "gmm" not in call.name:
+        return None
+    arrays = [a.dims for a in call.operands if a.dtype in FLOATS]
+    if len(arrays) != 2 or len(arrays[0]) != 2:
+        return None
+    (rows, inner), other = arrays
+    if "tgmm" in call.name and len(other) == 2:
+        return 2.0 * rows * inner * other[1]
+    if len(other) == 3:
+        return 2.0 * rows * other[1] * other[2]
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Roofline:
     compute_s: float
@@ -75,6 +92,8 @@ def roofline(costs: StepCosts, chip: Chip, model_flops: float,
     kernel_flops, unknown = 0.0, []
     for call in costs.custom_calls:
         flops = _attention_kernel_flops(call, mask_fraction)
+        if flops is None:
+            flops = _grouped_matmul_flops(call)
         if flops is None:
             unknown.append(call.name)
         else:

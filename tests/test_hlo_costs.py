@@ -93,3 +93,23 @@ def test_tpu_splash_kernel_flops_are_counted():
     kernel_flops = line.compute_s * CHIPS["v5e"].peak_flops - costs.matmul_flops
     expected = m.num_layers * (2 + 3 + 4) * 2 * pairs * m.resolved_head_dim
     assert kernel_flops == pytest.approx(expected)
+
+
+@pytest.mark.skipif(not libtpu_installed(), reason="needs the tpu extra (libtpu)")
+def test_tpu_mixture_of_experts_runs_megablox_and_its_flops_are_counted():
+    """On TPU the experts' grouped matmuls are megablox kernels (gate, up and down forward;
+    two gradients each), whose FLOPs the HLO lacks: each token copy meets one expert, so
+    per layer 3 matmuls x 3 (forward, input and weight gradient) x 2·(rows·k)·d·f."""
+    config = load_config("tiny", ["model.moe.experts=4", "model.moe.top_k=2", "mesh.fsdp=8",
+                                  "model.remat=none", "model.d_model=128", "model.mlp_dim=256",
+                                  "model.num_heads=4", "model.num_kv_heads=2",
+                                  "data.seq_len=128", "model.max_seq_len=128"])
+    costs = compile_step_memory(config, compile_only_devices("v5e", 8)).costs
+    assert any("gmm" in call.name for call in costs.custom_calls)
+    line = roofline(costs, CHIPS["v5e"], 1.0, attention_mask_fraction(config))
+    assert line.unknown_kernels == ()
+    m = config.model
+    copies = config.train.batch_size // 8 * config.data.seq_len * m.moe.top_k  # per device
+    expected = m.num_layers * 3 * 3 * 2 * copies * m.d_model * m.mlp_dim
+    kernel_flops = line.compute_s * CHIPS["v5e"].peak_flops - costs.matmul_flops
+    assert kernel_flops == pytest.approx(expected)

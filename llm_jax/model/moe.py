@@ -4,8 +4,9 @@ The router's softmax probabilities pick each token's `top_k` experts, whose outp
 by those probabilities renormalized over the k (Mixtral). Two ways to run the experts:
 
     dropless (capacity_factor 0)  the token copies sorted by expert and multiplied by each
-                                  expert's weights in one grouped matmul (`jax.lax.ragged_dot`,
-                                  megablox's GMM on TPU): no token is dropped, as in Mixtral
+                                  expert's weights in one grouped matmul (megablox's GMM on
+                                  TPU, `jax.lax.ragged_dot` elsewhere): no token is dropped,
+                                  as in Mixtral
     capacity_factor C             each batch row gives every expert C x (its even share of
                                   the row's k x T assignments) slots, first choices first
                                   (GShard, Switch); assignments past them are dropped, and the
@@ -35,12 +36,30 @@ import jax
 import jax.numpy as jnp
 
 from llm_jax.config import ModelConfig, MoeConfig
+from llm_jax.model.attention_kernels import target_platform
 from llm_jax.model.layers import dense, param_with_axes
 from llm_jax.model.mlp import Mlp, swiglu
 
 EXPERT_AXES = {"gate": ("expert", "embed", "mlp"), "up": ("expert", "embed", "mlp"),
                "down": ("expert", "mlp", "embed")}
 LOSSES = "losses"  # the flax collection the router's statistics are sown into
+TILE = 128  # megablox's row, contraction and column tile
+
+
+def grouped_matmul(x: jnp.ndarray, w: jnp.ndarray, sizes: jnp.ndarray,
+                   megablox: bool | None = None, interpret: bool = False) -> jnp.ndarray:
+    """Rows of x [M, K], in groups of `sizes`, each times its group's w [G, K, N] -> [M, N].
+    On TPU (`megablox=None`: when the step is traced for one, and every dimension is a
+    multiple of 128) this is megablox's GMM kernel, whose weight gradient is its grouped
+    `tgmm`: XLA's own ragged dot computes that gradient as a dense product over all groups."""
+    if megablox is None:
+        megablox = target_platform() == "tpu" and all(n % TILE == 0 for n in (*x.shape,
+                                                                               w.shape[-1]))
+    if not megablox:
+        return jax.lax.ragged_dot(x, w, sizes)
+    from jax.experimental.pallas.ops.tpu.megablox import ops
+
+    return ops.gmm(x, w, sizes, x.dtype, (TILE, TILE, TILE), None, None, False, interpret)
 
 
 def _dropless(x: jnp.ndarray, experts: jnp.ndarray, weights: jnp.ndarray, kernels: dict,
@@ -51,9 +70,9 @@ def _dropless(x: jnp.ndarray, experts: jnp.ndarray, weights: jnp.ndarray, kernel
     order = jnp.argsort(flat, stable=True)  # the token copies, grouped by expert
     sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
     copies = x[order // k]
-    hidden = swiglu(jax.lax.ragged_dot(copies, kernels["gate"], sizes),
-                    jax.lax.ragged_dot(copies, kernels["up"], sizes))
-    out = jax.lax.ragged_dot(hidden, kernels["down"], sizes)
+    hidden = swiglu(grouped_matmul(copies, kernels["gate"], sizes),
+                    grouped_matmul(copies, kernels["up"], sizes))
+    out = grouped_matmul(hidden, kernels["down"], sizes)
     out = out[jnp.argsort(order)].reshape(n, k, -1)  # back in (token, choice) order
     return jnp.einsum("nkd,nk->nd", out, weights.astype(out.dtype))
 
