@@ -16,6 +16,10 @@ paper reported, then each variant against the first one: Welch's test, a verdict
 and the seeds 80% power would need; see `experiment_stats.py`) and `loss_curves.png`
 (training curves, mean per variant). `--seeds auto` starts with 3 seeds and adds one to every
 variant until each verdict on the first column is decided or `--max-seeds` is reached.
+The variants are matched by parameters where their overrides size them so; `--match flops`
+instead trains each arm for the steps that spend the first arm's training FLOPs (6N + attention
+per token, active parameters of a mixture of experts), and the table shows each arm's steps
+and training FLOPs either way.
 """
 
 from __future__ import annotations
@@ -69,13 +73,30 @@ class Experiment:
     better: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
+MATCHES = ("params", "flops")  # what the arms share: as the variants define them, or compute
+
+
+def training_flops(config: Config) -> float:
+    """Model FLOPs of the whole run: steps x tokens per step x FLOPs per token."""
+    from llm_jax.train.flops import flops_per_token
+
+    tokens = config.train.batch_size * config.data.seq_len
+    return config.train.steps * tokens * flops_per_token(config.model, config.data.seq_len)
+
+
 def run_config(experiment: Experiment, scale: str, out: storage.AnyPath, variant: Variant,
-               seed: int, extra: Sequence[str] = ()) -> Config:
-    """The run's resolved config; its run_dir is `<out>/<variant>/seed<N>-<config hash>`."""
+               seed: int, extra: Sequence[str] = (), match: str = "params") -> Config:
+    """The run's resolved config; its run_dir is `<out>/<variant>/seed<N>-<config hash>`.
+    `match="flops"` gives each arm the steps that spend the first arm's training FLOPs."""
     settings = [*experiment.scales[scale], *variant.overrides_for(scale), *extra,
                 f"seed={seed}"]
     shared = experiment.shared.overrides(out / "_data", load_config(experiment.base, settings))
     config = load_config(experiment.base, [*settings, *shared])
+    if match == "flops" and variant != experiment.variants[0]:
+        budget = training_flops(run_config(experiment, scale, out, experiment.variants[0], seed,
+                                           extra))
+        steps = max(1, round(config.train.steps * budget / training_flops(config)))
+        config = load_config(experiment.base, [*settings, *shared, f"train.steps={steps}"])
     run_dir = out / variant.label / f"seed{seed}-{config_hash(config)}"
     return dataclasses.replace(config, run_dir=str(run_dir))
 
@@ -104,7 +125,7 @@ def train_one(config: Config) -> dict:
     shapes = abstract_params(unquantized(config.model))  # an nf4 matrix has all its weights
     total = sum(x.size for x in jax.tree.leaves(shapes))
     return {**{k: v for k, v in last.items() if k.startswith("eval_")},
-            "train_loss": last["loss"], "params": total,
+            "train_loss": last["loss"], "params": total, "train_flops": training_flops(config),
             "non_embedding_params": sum(x.size for x in jax.tree.leaves(shapes["layers"])),
             "steps": last["step"], **{k: v for k, v in record.items() if k != "seed"},
             "run_dir": str(config.run_dir)}
@@ -133,8 +154,8 @@ def write_results(experiment: Experiment, scale: str, out: storage.AnyPath,
     lines = [f"# {experiment.name} ({scale} scale)", "", experiment.question, "",
              f"Reference: {experiment.reference}", "",
              "Mean ± half-width of the 95% confidence interval over seeds (Student's t).",
-             "", f"| variant | params | {' | '.join(headings)} | seeds |",
-             "|---|---|" + "---|" * len(headings) + "---|"]
+             "", f"| variant | params | steps | training FLOPs | {' | '.join(headings)} | "
+             "seeds |", "|---|---|---|---|" + "---|" * len(headings) + "---|"]
     for variant in experiment.variants:
         runs = [r for r in rows if r["variant"] == variant.label]
         spans = {key: interval([r.get(key, math.nan) for r in runs])
@@ -143,7 +164,8 @@ def write_results(experiment: Experiment, scale: str, out: storage.AnyPath,
                             "non_embedding_params": runs[0]["non_embedding_params"],
                             **{key: span.mean for key, span in spans.items()}})
         cells = " | ".join(f"{span.mean:.4f} ± {span.half_width:.4f}" for span in spans.values())
-        lines.append(f"| {variant.label} | {runs[0]['params'] / 1e6:.2f}M | {cells} | "
+        lines.append(f"| {variant.label} | {runs[0]['params'] / 1e6:.2f}M | "
+                     f"{runs[0]['steps']} | {float(runs[0]['train_flops']):.3g} | {cells} | "
                      f"{len(runs)} |")
     base = experiment.variants[0].label
     lines += ["", f"Against {base}: Welch's t-test, a verdict at p < {ALPHA}, and the seeds per "
@@ -206,8 +228,8 @@ AUTO_SEEDS = 3  # where `--seeds auto` starts
 
 
 def run_experiment(experiment: Experiment, scale: str, out: storage.AnyPath,
-                   seeds: Sequence[int] | str,
-                   extra: Sequence[str] = (), max_seeds: int = 10) -> list[dict]:
+                   seeds: Sequence[int] | str, extra: Sequence[str] = (), max_seeds: int = 10,
+                   match: str = "params") -> list[dict]:
     """Trains every variant for each seed (`"auto"`: see the module docstring), then writes the
     table and the plot."""
     out.mkdir(parents=True, exist_ok=True)
@@ -219,7 +241,8 @@ def run_experiment(experiment: Experiment, scale: str, out: storage.AnyPath,
         rows = []
         for variant in experiment.variants:
             for seed in chosen:
-                result = train_one(run_config(experiment, scale, out, variant, seed, extra))
+                result = train_one(run_config(experiment, scale, out, variant, seed, extra,
+                                              match))
                 rows.append({"variant": variant.label, "seed": seed, **result})
                 print(f"{experiment.name}: {variant.label} seed {seed}: {heading} "
                       f"{result.get(key, math.nan):.4f}", flush=True)
@@ -254,10 +277,15 @@ def main(experiment: Experiment, argv: Sequence[str] | None = None) -> None:
                         help="runs per variant (seeds 0..n-1), or auto: add seeds until the "
                              "verdicts on the first column are decided")
     parser.add_argument("--max-seeds", type=int, default=10, help="the cap of --seeds auto")
+    parser.add_argument("--match", choices=MATCHES, default="params",
+                        help="params: the arms as the variants define them (sized to equal "
+                             "parameters); flops: each arm trains the steps that spend the "
+                             "first arm's training FLOPs")
     parser.add_argument("overrides", nargs="*", help="key.sub=value applied to every run")
     args = parser.parse_args(argv)
     out = storage.path(args.out)
     seeds = args.seeds if args.seeds == "auto" else range(args.seeds)
-    run_experiment(experiment, args.scale, out, seeds, args.overrides, args.max_seeds)
+    run_experiment(experiment, args.scale, out, seeds, args.overrides, args.max_seeds,
+                   args.match)
     print((out / "results.md").read_text())
     print(f"table: {out / 'results.md'}, {out / 'results.csv'}; plot: {out / 'loss_curves.png'}")

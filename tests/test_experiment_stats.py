@@ -59,7 +59,7 @@ def _fake_training(monkeypatch, effect):
         label, seed = config.run_dir.split("/")[-2], config.seed
         loss = 4.0 - (effect if label == "b" else 0.0) + noise[seed]
         return {"eval_loss": loss, "eval_accuracy": 1 - loss / 10, "train_loss": loss,
-                "params": 10**6, "non_embedding_params": 10**5, "steps": 1,
+                "params": 10**6, "non_embedding_params": 10**5, "steps": 1, "train_flops": 1e9,
                 "config_hash": "0" * 12, "code_version": "1" * 12, "commit": "c", "wall_s": 1.0,
                 "run_dir": config.run_dir}
 
@@ -71,7 +71,7 @@ def test_table_gives_intervals_and_verdicts(monkeypatch, tmp_path):
     _fake_training(monkeypatch, effect=0.2)
     run_experiment(EXPERIMENT, "tiny", tmp_path, range(3))
     table = (tmp_path / "results.md").read_text()
-    assert "| a | 1.00M | 4.0067 ± 0.0625 | 0.5993 ± 0.0063 | 3 |" in table  # t(0.975, 2) = 4.30
+    assert "| a | 1.00M | 1 | 1e+09 | 4.0067 ± 0.0625 | 0.5993 ± 0.0063 | 3 |" in table  # t(.975, 2) = 4.3
     assert "95% confidence interval" in table
     assert "| b | eval loss | -0.2000 | 0.000624 | better | 3 |" in table
     assert "| b | accuracy | +0.0200 |" in table  # higher accuracy is better here too

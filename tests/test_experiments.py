@@ -32,6 +32,7 @@ def test_norms_experiment_writes_table_csv_and_plot(tmp_path, capsys):
     assert len({r["eval_loss"] for r in rows}) == 4  # seeds and variants differ
     table = (tmp_path / "results.md").read_text()
     assert "| rmsnorm |" in table and "| layernorm |" in table and "±" in table
+    assert "| steps | training FLOPs |" in table
     assert (tmp_path / "loss_curves.png").stat().st_size > 1000
     # Each run is versioned: its directory is named by its config hash, and its record says
     # which code and commit trained it and for how long.
@@ -165,6 +166,20 @@ def test_experiments_define_distinct_variants_for_both_scales(name):
         configs = [run_config(experiment, scale, Path("/tmp/x"), v, 0) for v in experiment.variants]
         models = {c.model for c in configs}
         assert len(models) == len(experiment.variants), f"{name} {scale}: variants coincide"
+
+
+def test_match_flops_gives_every_arm_the_first_arms_training_flops():
+    from llm_jax.experiment import run_config, training_flops
+
+    experiment = load("scaling")  # four widths: more FLOPs per token each
+    configs = [run_config(experiment, "tiny", Path("/tmp/x"), v, 0, match="flops")
+               for v in experiment.variants]
+    steps = [c.train.steps for c in configs]
+    assert steps[0] == 200 and steps == sorted(steps, reverse=True) and len(set(steps)) == 4
+    budget = training_flops(configs[0])
+    assert all(training_flops(c) == pytest.approx(budget, rel=0.01) for c in configs)
+    same = [run_config(experiment, "tiny", Path("/tmp/x"), v, 0) for v in experiment.variants]
+    assert {c.train.steps for c in same} == {200}  # matched by the variants' own settings
 
 
 def test_scaling_fit_recovers_a_known_exponent():
