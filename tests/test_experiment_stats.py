@@ -71,7 +71,8 @@ def test_table_gives_intervals_and_verdicts(monkeypatch, tmp_path):
     _fake_training(monkeypatch, effect=0.2)
     run_experiment(EXPERIMENT, "tiny", tmp_path, range(3))
     table = (tmp_path / "results.md").read_text()
-    assert "| a | 1.00M | 1 | 1e+09 | 4.0067 ± 0.0625 | 0.5993 ± 0.0063 | 3 |" in table  # t(.975, 2) = 4.3
+    # t(.975, 2) = 4.3
+    assert "| a | 1.00M | 1 | 1e+09 | 4.0067 ± 0.0625 | 0.5993 ± 0.0063 | 3 |" in table
     assert "95% confidence interval" in table
     assert "| b | eval loss | -0.2000 | 0.000624 | better | 3 |" in table
     assert "| b | accuracy | +0.0200 |" in table  # higher accuracy is better here too
