@@ -19,7 +19,8 @@ variant until each verdict on the first column is decided or `--max-seeds` is re
 The variants are matched by parameters where their overrides size them so; `--match flops`
 instead trains each arm for the steps that spend the first arm's training FLOPs (6N + attention
 per token, active parameters of a mixture of experts), and the table shows each arm's steps
-and training FLOPs either way.
+and training FLOPs either way. `--tune lr` first picks each arm's learning rate among 1/3, 1
+and 3 times its own by one seed's result (`tune_learning_rates`), and the table says which.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def _comparisons(experiment: Experiment, rows: list[dict]) -> dict[tuple[str, st
 
 
 def write_results(experiment: Experiment, scale: str, out: storage.AnyPath,
-                  rows: list[dict]) -> storage.AnyPath:
+                  rows: list[dict], tuned: dict[str, float] | None = None) -> storage.AnyPath:
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
     writer.writeheader()
@@ -167,6 +168,11 @@ def write_results(experiment: Experiment, scale: str, out: storage.AnyPath,
         lines.append(f"| {variant.label} | {runs[0]['params'] / 1e6:.2f}M | "
                      f"{runs[0]['steps']} | {float(runs[0]['train_flops']):.3g} | {cells} | "
                      f"{len(runs)} |")
+    if tuned:
+        factors = ", ".join(f"{f:.3g}" for f in LR_FACTORS)
+        lines += ["", "Learning rates tuned per arm (`--tune lr`: one seed at "
+                  f"{factors} x each arm's own, by the first column): "
+                  + ", ".join(f"{label} {lr:g}" for label, lr in tuned.items()) + "."]
     base = experiment.variants[0].label
     lines += ["", f"Against {base}: Welch's t-test, a verdict at p < {ALPHA}, and the seeds per "
               "arm that 80% power would need at the observed effect.", "",
@@ -225,15 +231,40 @@ def plot_loss_curves(experiment: Experiment, scale: str, out: storage.AnyPath,
 
 
 AUTO_SEEDS = 3  # where `--seeds auto` starts
+LR_FACTORS = (1 / 3, 1.0, 3.0)  # `--tune lr`: around each arm's own learning rate
+
+
+def tune_learning_rates(experiment: Experiment, scale: str, out: storage.AnyPath,
+                        extra: Sequence[str], match: str) -> dict[str, float]:
+    """Each arm's learning rate among `LR_FACTORS` x its own, by the first column of one run
+    (seed 0) at each: an ablation at one shared learning rate often measures that rate."""
+    key, _ = experiment.columns[0]
+    sign = -1.0 if experiment.better.get(key, "lower") == "higher" else 1.0
+    chosen = {}
+    for variant in experiment.variants:
+        base_lr = run_config(experiment, scale, out, variant, 0, extra, match).optimizer.lr
+        scores = {}
+        for factor in LR_FACTORS:
+            lr = float(f"{base_lr * factor:.3g}")
+            config = run_config(experiment, scale, out, variant, 0,
+                                (*extra, f"optimizer.lr={lr}"), match)
+            scores[lr] = sign * train_one(config).get(key, math.inf)
+        chosen[variant.label] = min(scores, key=lambda lr: (math.isnan(scores[lr]), scores[lr]))
+        print(f"{experiment.name}: {variant.label}: lr {chosen[variant.label]:g} "
+              f"(tried {', '.join(f'{lr:g}' for lr in scores)})", flush=True)
+    return chosen
 
 
 def run_experiment(experiment: Experiment, scale: str, out: storage.AnyPath,
                    seeds: Sequence[int] | str, extra: Sequence[str] = (), max_seeds: int = 10,
-                   match: str = "params") -> list[dict]:
-    """Trains every variant for each seed (`"auto"`: see the module docstring), then writes the
-    table and the plot."""
+                   match: str = "params", tune_lr: bool = False) -> list[dict]:
+    """Trains every variant for each seed (`"auto"`: see the module docstring), at learning
+    rates tuned per arm first when asked, then writes the table and the plot."""
     out.mkdir(parents=True, exist_ok=True)
     experiment.shared.prepare(experiment, scale, out / "_data", extra)
+    tuned = tune_learning_rates(experiment, scale, out, extra, match) if tune_lr else {}
+    settings = {v.label: (*extra, *([f"optimizer.lr={tuned[v.label]}"] if tuned else []))
+                for v in experiment.variants}
     key, heading = experiment.columns[0]
     count = AUTO_SEEDS if seeds == "auto" else None
     while True:
@@ -241,8 +272,8 @@ def run_experiment(experiment: Experiment, scale: str, out: storage.AnyPath,
         rows = []
         for variant in experiment.variants:
             for seed in chosen:
-                result = train_one(run_config(experiment, scale, out, variant, seed, extra,
-                                              match))
+                result = train_one(run_config(experiment, scale, out, variant, seed,
+                                              settings[variant.label], match))
                 rows.append({"variant": variant.label, "seed": seed, **result})
                 print(f"{experiment.name}: {variant.label} seed {seed}: {heading} "
                       f"{result.get(key, math.nan):.4f}", flush=True)
@@ -255,7 +286,7 @@ def run_experiment(experiment: Experiment, scale: str, out: storage.AnyPath,
                   f"{', '.join(open_) or 'none'}", flush=True)
             break
         count += 1
-    write_results(experiment, scale, out, rows)
+    write_results(experiment, scale, out, rows, tuned)
     plot_loss_curves(experiment, scale, out, rows)
     return rows
 
@@ -281,11 +312,14 @@ def main(experiment: Experiment, argv: Sequence[str] | None = None) -> None:
                         help="params: the arms as the variants define them (sized to equal "
                              "parameters); flops: each arm trains the steps that spend the "
                              "first arm's training FLOPs")
+    parser.add_argument("--tune", choices=("none", "lr"), default="none",
+                        help="lr: pick each arm's learning rate among 1/3, 1 and 3 times its "
+                             "own (one seed each) before the seeds run")
     parser.add_argument("overrides", nargs="*", help="key.sub=value applied to every run")
     args = parser.parse_args(argv)
     out = storage.path(args.out)
     seeds = args.seeds if args.seeds == "auto" else range(args.seeds)
     run_experiment(experiment, args.scale, out, seeds, args.overrides, args.max_seeds,
-                   args.match)
+                   args.match, args.tune == "lr")
     print((out / "results.md").read_text())
     print(f"table: {out / 'results.md'}, {out / 'results.csv'}; plot: {out / 'loss_curves.png'}")

@@ -92,3 +92,32 @@ def test_bad_seed_count_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         experiment_module.main(dataclasses.replace(EXPERIMENT), ["--seeds", "0"])
     assert "--seeds '0': a number of seeds >= 1, or auto" in capsys.readouterr().err
+
+
+def test_tune_lr_picks_each_arms_best_learning_rate(monkeypatch, tmp_path):
+    """Arm a does best at 3x the preset's learning rate, b at 1/3 of it; the seeds then train
+    at those rates, and the table says so."""
+    base_lr = experiment_module.load_config("tiny").optimizer.lr
+    best = {"a": 3 * base_lr, "b": base_lr / 3}
+    trained = []
+
+    def train_one(config):
+        label = config.run_dir.split("/")[-2]
+        trained.append((label, config.seed, config.optimizer.lr))
+        loss = 4.0 + abs(math.log(config.optimizer.lr / best[label])) + 0.01 * config.seed
+        return {"eval_loss": loss, "eval_accuracy": 1 - loss / 10, "train_loss": loss,
+                "params": 10**6,
+                "non_embedding_params": 10**5, "steps": 1, "train_flops": 1e9,
+                "config_hash": "0" * 12, "code_version": "1" * 12, "commit": "c",
+                "wall_s": 1.0, "run_dir": config.run_dir}
+
+    monkeypatch.setattr(experiment_module, "train_one", train_one)
+    monkeypatch.setattr(experiment_module, "plot_loss_curves", lambda *a: None)
+    run_experiment(EXPERIMENT, "tiny", tmp_path, range(2), tune_lr=True)
+    tuning, seeded = trained[:6], trained[6:]
+    assert sorted({lr for label, _, lr in tuning if label == "a"}) == pytest.approx(
+        [base_lr / 3, base_lr, 3 * base_lr], rel=1e-2)
+    for label, _, lr in seeded:
+        assert lr == pytest.approx(best[label], rel=1e-2)
+    table = (tmp_path / "results.md").read_text()
+    assert f"a {float(f'{3 * base_lr:.3g}'):g}, b {float(f'{base_lr / 3:.3g}'):g}." in table
