@@ -206,3 +206,22 @@ def test_moe_on_8_devices_equals_one_device(moe_single_device, kind, mesh):
     np.testing.assert_allclose(losses, ref_losses, atol=1e-5)
     router = ref_grads["layers"]["blocks"]["mlp"]["router"]
     assert np.abs(router).max() > 0  # the router learns, through the weights and its losses
+
+
+def test_greedy_decoding_with_the_kv_cache_equals_transformers_mixtral(tmp_path):
+    """Prefill, then one token at a time through the cache: the experts see single tokens,
+    and every step's choice is transformers' own."""
+    from llm_jax.infer.generator import Generator
+    from llm_jax.infer.sampling import SamplingOptions
+
+    hf = hf_mixtral(tmp_path)
+    config, params = read_hf_checkpoint(tmp_path)
+    prompts = [[1, 5, 9, 33, 41], [1, 7, 8, 9, 10, 11, 12, 13], [1, 20, 30]]
+    expected = []
+    for prompt in prompts:
+        with torch.no_grad():
+            out = hf.generate(input_ids=torch.tensor([prompt]), do_sample=False,
+                              max_new_tokens=12, eos_token_id=-1, pad_token_id=0)
+        expected.append(out[0, len(prompt):].tolist())
+    generator = Generator(config, params, eos_ids=(), pad_id=0, length_bucket=16)
+    assert generator.generate(prompts, SamplingOptions(max_new_tokens=12)) == expected
