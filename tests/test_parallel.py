@@ -98,7 +98,8 @@ def test_context_parallelism_shards_activations_over_the_sequence():
     (["mesh.fsdp=2", "mesh.tensor=4"], "model.num_kv_heads=2 is not divisible by mesh.tensor=4"),
     (["mesh.fsdp=1", "mesh.pipe=8"], "model.num_layers=4 is not divisible by mesh.pipe=8"),
     (["mesh.fsdp=8", "train.batch_size=12", "train.microbatches=1"],
-     r"train.batch_size=12 is not divisible by mesh.data x mesh.fsdp x train.microbatches"),
+     r"train.batch_size=12 is not divisible by mesh.data x mesh.fsdp x mesh.expert x "
+     r"train.microbatches"),
     (["mesh.rules=embed:fsdpp"], "unknown mesh axis fsdpp"),
 ])
 def test_impossible_meshes_fail_with_what_to_change(overrides, message):
