@@ -68,7 +68,8 @@ def test_plan_compiles_the_step_on_local_devices(capsys):
     assert jax.device_count() == 8
     assert main(["plan", "--config", "tiny", "mesh.fsdp=4", "mesh.tensor=2"]) == 0
     out = capsys.readouterr().out
-    assert "compiled the step ahead of time" in out and "fsdp=4 x context=1 x expert=1 x tensor=2" in out
+    assert "compiled the step ahead of time" in out
+    assert "fsdp=4 x context=1 x expert=1 x tensor=2" in out
 
 
 @pytest.mark.parametrize("preset, slice_name", [("llama3-8b-v5p-128", "v5p-128"),
