@@ -6,7 +6,8 @@ An experiment file in `experiments/` builds an `Experiment` and calls `main(expe
 
 Each variant is trained once per seed on what the experiment's runs share, made once in
 `<out>/_data` (`llm_jax.experiment_data`: by default a curated corpus and its tokenizer), through
-the same `train` loop as `llm-jax train` (so runs resume). Each run's directory is named by
+the same `train` loop as `llm-jax train` (so runs resume); a variant's seeds train together as
+one ensemble, one compiled program (`llm_jax.train.ensemble`; `--separate`: one by one). Each run's directory is named by
 a hash of its resolved config and the library code (`run_version.py`), so repeating the
 command skips unchanged finished runs and retrains changed ones; `run.json` beside its
 metrics records the hash, code version, commit and training wall time. The output folder
@@ -37,7 +38,7 @@ import numpy as np
 
 from llm_jax import storage
 from llm_jax.config import Config, load_config
-from llm_jax.experiment_data import CuratedCorpus, SharedData, train_unless_finished
+from llm_jax.experiment_data import CuratedCorpus, SharedData, finished, train_unless_finished
 from llm_jax.experiment_stats import ALPHA, Comparison, compare, decided, interval
 from llm_jax.run_version import code_version, config_hash, git_commit
 from llm_jax.train.metrics import read_metrics
@@ -130,6 +131,40 @@ def train_one(config: Config) -> dict:
             "non_embedding_params": sum(x.size for x in jax.tree.leaves(shapes["layers"])),
             "steps": last["step"], **{k: v for k, v in record.items() if k != "seed"},
             "run_dir": str(config.run_dir)}
+
+
+def train_together(configs: Sequence[Config]) -> None:
+    """Trains the unfinished runs among `configs` as one ensemble (`train/ensemble.py`: one
+    compiled program) when they differ only in seed and optimizer numbers, and records each
+    one's share of the wall time; `train_one` then reads them as finished. Others are left
+    to `train_one`, one by one."""
+    import hashlib
+    import json
+    import time
+
+    from llm_jax.errors import UserError
+    from llm_jax.train.ensemble import check_members
+    from llm_jax.train.ensemble_loop import train_ensemble
+    from llm_jax.train.post_data import training_data
+
+    pending = [c for c in configs if not finished(c)]
+    if len(pending) < 2:
+        return
+    try:
+        check_members(pending)
+    except UserError:
+        return
+    names = "".join(sorted(config_hash(c) for c in pending)).encode()
+    ensemble_dir = (storage.path(pending[0].run_dir).parent
+                    / f"ensemble-{hashlib.sha256(names).hexdigest()[:12]}")
+    start = time.perf_counter()
+    train_ensemble(pending, [training_data(c) for c in pending], ensemble_dir)
+    share = round((time.perf_counter() - start) / len(pending), 1)
+    for config in pending:
+        (storage.path(config.run_dir) / RUN_RECORD).write_text(json.dumps({
+            "config_hash": config_hash(config), "code_version": code_version(),
+            "commit": git_commit(), "seed": config.seed, "wall_s": share,
+            "ensemble": len(pending), "ensemble_dir": str(ensemble_dir)}, indent=1) + "\n")
 
 
 def _comparisons(experiment: Experiment, rows: list[dict]) -> dict[tuple[str, str], Comparison]:
@@ -235,20 +270,23 @@ LR_FACTORS = (1 / 3, 1.0, 3.0)  # `--tune lr`: around each arm's own learning ra
 
 
 def tune_learning_rates(experiment: Experiment, scale: str, out: storage.AnyPath,
-                        extra: Sequence[str], match: str) -> dict[str, float]:
+                        extra: Sequence[str], match: str,
+                        ensemble: bool = True) -> dict[str, float]:
     """Each arm's learning rate among `LR_FACTORS` x its own, by the first column of one run
-    (seed 0) at each: an ablation at one shared learning rate often measures that rate."""
+    (seed 0) at each, the rates of an arm trained as one ensemble: an ablation at one shared
+    learning rate often measures that rate."""
     key, _ = experiment.columns[0]
     sign = -1.0 if experiment.better.get(key, "lower") == "higher" else 1.0
     chosen = {}
     for variant in experiment.variants:
         base_lr = run_config(experiment, scale, out, variant, 0, extra, match).optimizer.lr
-        scores = {}
-        for factor in LR_FACTORS:
-            lr = float(f"{base_lr * factor:.3g}")
-            config = run_config(experiment, scale, out, variant, 0,
-                                (*extra, f"optimizer.lr={lr}"), match)
-            scores[lr] = sign * train_one(config).get(key, math.inf)
+        rates = [float(f"{base_lr * factor:.3g}") for factor in LR_FACTORS]
+        configs = [run_config(experiment, scale, out, variant, 0, (*extra, f"optimizer.lr={lr}"),
+                              match) for lr in rates]
+        if ensemble:
+            train_together(configs)
+        scores = {lr: sign * train_one(config).get(key, math.inf)
+                  for lr, config in zip(rates, configs)}
         chosen[variant.label] = min(scores, key=lambda lr: (math.isnan(scores[lr]), scores[lr]))
         print(f"{experiment.name}: {variant.label}: lr {chosen[variant.label]:g} "
               f"(tried {', '.join(f'{lr:g}' for lr in scores)})", flush=True)
@@ -257,12 +295,15 @@ def tune_learning_rates(experiment: Experiment, scale: str, out: storage.AnyPath
 
 def run_experiment(experiment: Experiment, scale: str, out: storage.AnyPath,
                    seeds: Sequence[int] | str, extra: Sequence[str] = (), max_seeds: int = 10,
-                   match: str = "params", tune_lr: bool = False) -> list[dict]:
+                   match: str = "params", tune_lr: bool = False,
+                   ensemble: bool = True) -> list[dict]:
     """Trains every variant for each seed (`"auto"`: see the module docstring), at learning
-    rates tuned per arm first when asked, then writes the table and the plot."""
+    rates tuned per arm first when asked, then writes the table and the plot. With `ensemble`
+    each variant's seeds train as one ensemble (`train_together`)."""
     out.mkdir(parents=True, exist_ok=True)
     experiment.shared.prepare(experiment, scale, out / "_data", extra)
-    tuned = tune_learning_rates(experiment, scale, out, extra, match) if tune_lr else {}
+    tuned = (tune_learning_rates(experiment, scale, out, extra, match, ensemble) if tune_lr
+             else {})
     settings = {v.label: (*extra, *([f"optimizer.lr={tuned[v.label]}"] if tuned else []))
                 for v in experiment.variants}
     key, heading = experiment.columns[0]
@@ -271,9 +312,12 @@ def run_experiment(experiment: Experiment, scale: str, out: storage.AnyPath,
         chosen = range(count) if count is not None else seeds
         rows = []
         for variant in experiment.variants:
-            for seed in chosen:
-                result = train_one(run_config(experiment, scale, out, variant, seed,
-                                              settings[variant.label], match))
+            configs = [run_config(experiment, scale, out, variant, seed, settings[variant.label],
+                                  match) for seed in chosen]
+            if ensemble:
+                train_together(configs)
+            for seed, config in zip(chosen, configs):
+                result = train_one(config)
                 rows.append({"variant": variant.label, "seed": seed, **result})
                 print(f"{experiment.name}: {variant.label} seed {seed}: {heading} "
                       f"{result.get(key, math.nan):.4f}", flush=True)
@@ -315,11 +359,14 @@ def main(experiment: Experiment, argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tune", choices=("none", "lr"), default="none",
                         help="lr: pick each arm's learning rate among 1/3, 1 and 3 times its "
                              "own (one seed each) before the seeds run")
+    parser.add_argument("--separate", action="store_true",
+                        help="train every run on its own instead of each variant's seeds (and "
+                             "--tune lr's rates) as one ensemble")
     parser.add_argument("overrides", nargs="*", help="key.sub=value applied to every run")
     args = parser.parse_args(argv)
     out = storage.path(args.out)
     seeds = args.seeds if args.seeds == "auto" else range(args.seeds)
     run_experiment(experiment, args.scale, out, seeds, args.overrides, args.max_seeds,
-                   args.match, args.tune == "lr")
+                   args.match, args.tune == "lr", not args.separate)
     print((out / "results.md").read_text())
     print(f"table: {out / 'results.md'}, {out / 'results.csv'}; plot: {out / 'loss_curves.png'}")

@@ -33,17 +33,22 @@ class SharedData(Protocol):
         """What points a run (`config`, before these) at what `prepare` made."""
 
 
+def finished(config: Config) -> bool:
+    """Whether the run's metrics reach its last step and its final evaluation."""
+    records = read_metrics(config.run_dir)
+    return bool(records) and records[-1]["step"] >= config.train.steps and (
+        "eval_loss" in records[-1])
+
+
 def train_unless_finished(config: Config) -> list[dict]:
     """Trains (or resumes) one run unless its metrics show it finished; returns them."""
     from llm_jax.train.loop import train
     from llm_jax.train.post_data import training_data
 
-    records = read_metrics(config.run_dir)
-    if not records or records[-1]["step"] < config.train.steps or "eval_loss" not in records[-1]:
+    if not finished(config):
         data = training_data(config)
         train(config, data, progress=False)
-        records = read_metrics(config.run_dir)
-    return records
+    return read_metrics(config.run_dir)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,6 +64,7 @@ def _fake_training(monkeypatch, effect):
                 "run_dir": config.run_dir}
 
     monkeypatch.setattr(experiment_module, "train_one", train_one)
+    monkeypatch.setattr(experiment_module, "train_together", lambda configs: None)
     monkeypatch.setattr(experiment_module, "plot_loss_curves", lambda *a: None)
 
 
@@ -112,6 +113,7 @@ def test_tune_lr_picks_each_arms_best_learning_rate(monkeypatch, tmp_path):
                 "wall_s": 1.0, "run_dir": config.run_dir}
 
     monkeypatch.setattr(experiment_module, "train_one", train_one)
+    monkeypatch.setattr(experiment_module, "train_together", lambda configs: None)
     monkeypatch.setattr(experiment_module, "plot_loss_curves", lambda *a: None)
     run_experiment(EXPERIMENT, "tiny", tmp_path, range(2), tune_lr=True)
     tuning, seeded = trained[:6], trained[6:]

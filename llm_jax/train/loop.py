@@ -65,21 +65,27 @@ def evaluate(eval_step, state, batches: Iterator[dict], sharding, steps: int) ->
     return result
 
 
-def make_eval_step(config: Config, mesh, token_bytes: np.ndarray | None):
-    """`eval_step(params, batch)` -> sums of NLL, target tokens and the bytes they stand for
-    (`token_bytes[id]`; none without a byte table)."""
+def eval_sums(config: Config, mesh, token_bytes: np.ndarray | None):
+    """The un-jitted `sums(params, batch)` -> sums of NLL, target tokens and the bytes they
+    stand for (`token_bytes[id]`; none without a byte table)."""
     forward = make_forward(config, mesh)
-    rules = axis_rules(config.mesh.rules)
     byte_table = jnp.zeros((1,), jnp.float32) if token_bytes is None else jnp.asarray(token_bytes)
 
-    @jax.jit
-    def eval_step(params, batch):
+    def sums(params, batch):
         logits = forward(params, batch)
         mask = batch["loss_mask"].astype(jnp.float32)
         nll, _ = cross_entropy_sums(logits, batch["targets"], mask)
         if token_bytes is None:
             return nll, jnp.sum(mask), jnp.zeros(())
         return nll, jnp.sum(mask), jnp.sum(byte_table[batch["targets"]] * mask)
+
+    return sums
+
+
+def make_eval_step(config: Config, mesh, token_bytes: np.ndarray | None):
+    """`eval_step(params, batch)`: `eval_sums` compiled, under the mesh's rules."""
+    rules = axis_rules(config.mesh.rules)
+    eval_step = jax.jit(eval_sums(config, mesh, token_bytes))
 
     def run(params, batch):
         with sharding_context(mesh, rules):

@@ -130,8 +130,10 @@ def _logical_state(opt_state: Any, params: Any, zero1: bool) -> Any:
     return jax.tree.map(fix, opt_state, is_leaf=is_box)
 
 
-def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
-    schedule = learning_rate_schedule(cfg, total_steps)
+def make_optimizer(cfg: OptimizerConfig, total_steps: int,
+                   schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
+    """`schedule` replaces the one `cfg` describes (an ensemble picks each member's own)."""
+    schedule = schedule or learning_rate_schedule(cfg, total_steps)
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
     parts.append(_base_optimizer(cfg, schedule))
     tx = optax.chain(*parts)

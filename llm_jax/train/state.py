@@ -42,7 +42,7 @@ class TrainState:
                    bad_steps=jnp.zeros((), jnp.int32))
 
 
-def _initial_state(config: Config, tx, key: jax.Array) -> TrainState:
+def initial_state(config: Config, tx, key: jax.Array) -> TrainState:
     params = init_train_params(config, key)
     return TrainState.create(params, trained_params(config, params), tx)
 
@@ -51,7 +51,7 @@ def create_train_state(config: Config, mesh: Mesh, tx, rng: jax.Array) -> tuple[
     """(state, its shardings), each parameter and optimizer moment born in its shards."""
     rules = axis_rules(config.mesh.rules)
 
-    boxed_state = functools.partial(_initial_state, config, tx)
+    boxed_state = functools.partial(initial_state, config, tx)
     abstract = jax.eval_shape(boxed_state, rng)
     shardings = logical_to_shardings(abstract, mesh, rules)
     with sharding_context(mesh, rules):
@@ -62,7 +62,7 @@ def create_train_state(config: Config, mesh: Mesh, tx, rng: jax.Array) -> tuple[
 def abstract_train_state(config: Config, tx) -> tuple[TrainState, Any]:
     """Shapes of the train state and their logical partition specs, allocating nothing."""
     def boxed_state():
-        state = _initial_state(config, tx, jax.random.key(0))
+        state = initial_state(config, tx, jax.random.key(0))
         return state.replace(reference=state.params) if copies_reference(config) else state
 
     abstract = jax.eval_shape(boxed_state)
