@@ -104,6 +104,24 @@ def test_plain_template_trains_the_completion_and_eos(ours):
     template = make_template("none", ours)
     encoded = template.encode([{"role": "user", "content": "abc="},
                                {"role": "assistant", "content": "cba"}])
-    assert encoded.tokens.tolist() == [ours.bos_id] + ours.encode("abc=") + ours.encode("cba") + [
+    reply = ours.encode(" cba")  # lm-evaluation-harness's target delimiter, trained
+    assert encoded.tokens.tolist() == [ours.bos_id] + ours.encode("abc=") + reply + [
         ours.eos_id]
-    assert encoded.weights.tolist() == [0.0] * 5 + [1.0] * 4
+    prompt = len(ours.encode("abc=")) + 1
+    assert encoded.weights.tolist() == [0.0] * prompt + [1.0] * (len(reply) + 1)
+    kept = template.encode([{"role": "user", "content": "Q: 2+2?"},
+                            {"role": "assistant", "content": "\nA: 4"}])
+    assert kept.tokens.tolist() == [ours.bos_id, *ours.encode("Q: 2+2?"), *ours.encode("\nA: 4"),
+                                    ours.eos_id]
+
+
+def test_plain_template_reply_tokenizes_as_the_joined_text(ours):
+    """Prompt and reply ids together are the ids of their text joined by a space, so each
+    word of the reply has the ids it has in running text: the seam adds no odd pieces."""
+    template = make_template("none", ours)
+    prompt, reply = "stone apple tree", "tree apple stone"
+    ids = [*template.encode_prompt([{"role": "user", "content": prompt}]),
+           *template.encode_reply(reply).tokens[:-1]]
+    assert ids == [ours.bos_id, *ours.encode(f"{prompt} {reply}")]
+    assert template.render([{"role": "user", "content": prompt},
+                            {"role": "assistant", "content": reply}]) == f"{prompt} {reply}"

@@ -10,8 +10,12 @@ a tuned model learns both to answer and to stop.
 - `llama3`: Meta's Llama 3 header format for imported Llama checkpoints:
   `<|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>`, the
   content stripped of surrounding whitespace as Meta's template does.
-- `none`: the turns' texts concatenated as they are (`prompt` + `completion` + EOS), for base
-  models and data that carries its own formatting (HH-RLHF's "\\n\\nHuman: ...").
+- `none`: the turns' texts concatenated (`prompt` + `completion` + EOS), for base models and
+  data that carries its own formatting (HH-RLHF's "\\n\\nHuman: ..."). A reply that does not
+  begin with whitespace gets one space before it, lm-evaluation-harness's `target_delimiter`:
+  joined bare, "tree" + "stone" would read "treestone", and with a tokenizer that keeps the
+  word-initial space in its pieces (ours) the reply's first word would be tokenized unlike the
+  same word anywhere else in the text.
 """
 
 from __future__ import annotations
@@ -177,19 +181,25 @@ class Llama3(ChatTemplate):
         return [Segment(content.strip(), trained), Segment("<|eot_id|>", trained)]
 
 
+REPLY_DELIMITER = " "  # before a `none` reply that starts with no whitespace of its own
+
+
 class PlainText(ChatTemplate):
     """No template: each turn's text as it is; the last reply ends with EOS."""
 
     name = "none"
 
     def turn(self, message: Message) -> list[Segment]:
-        return [Segment(message["content"], message["role"] == "assistant")]
+        if message["role"] == "assistant":
+            return self.reply(message["content"])
+        return [Segment(message["content"], False)]
 
     def reply_start(self) -> list[Segment]:
         return []
 
     def reply(self, content: str) -> list[Segment]:
-        return [Segment(content, True)]
+        delimiter = "" if not content or content[0].isspace() else REPLY_DELIMITER
+        return [Segment(delimiter + content, True)]
 
     @property
     def end_ids(self) -> list[int]:
