@@ -43,11 +43,12 @@ def _generate(args: argparse.Namespace) -> None:
                               stop=tuple(args.stop))
     model = load_model(args.checkpoint, args.overrides)
     completions = complete(model.generator(), model.tokenizer, args.prompt, options,
-                           chat=args.chat, system=args.system)
+                           chat=args.chat, system=args.system,
+                           template=model.config.post.template)
     for prompt, completion in zip(args.prompt, completions if is_main_process() else []):
         if len(args.prompt) > 1:
             print(f"### {prompt}")
-        print(completion.text if args.chat else prompt + completion.text)
+        print(completion.text.strip() if args.chat else prompt + completion.text)
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -200,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--chat", action="store_true",
-                   help="treat each prompt as a user message and apply the chat template")
+                   help="treat each prompt as a user message framed by the chat template the "
+                        "checkpoint was tuned with (its post.template)")
     p.add_argument("--system", default=None, help="system message in --chat mode")
     _add_mesh_args(p)
     p.set_defaults(handler=_generate)

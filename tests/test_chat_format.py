@@ -8,7 +8,7 @@ from post_training_factory import train_chat_tokenizer
 from llm_jax.data.chat_format import make_template
 from llm_jax.data.tokenizer import load_tokenizer
 from llm_jax.errors import UserError
-from llm_jax.infer.chat import chatml
+from llm_jax.infer.chat import chat_prompt
 
 # Meta-Llama-3-8B-Instruct's chat template, as its tokenizer_config.json ships it: the reference
 # our `llama3` template must reproduce.
@@ -58,8 +58,20 @@ def test_chatml_prompt_is_what_generation_encodes(ours):
     template = make_template("auto", ours)
     assert template.name == "chatml"
     prompt = CONVERSATION[:2]
-    assert template.encode_prompt(prompt).tolist() == ours.encode(chatml(prompt), bos=True)
-    assert template.render(prompt, add_generation_prompt=True) == chatml(prompt)
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in prompt)
+    text += "<|im_start|>assistant\n"
+    assert template.encode_prompt(prompt).tolist() == ours.encode(text, bos=True)
+    assert template.render(prompt, add_generation_prompt=True) == text
+    assert chat_prompt(ours, prompt) == (ours.encode(text, bos=True), ("<|im_end|>",))
+
+
+def test_generation_frames_chat_with_the_template_the_model_was_tuned_with(ours):
+    """`generate --chat` on a model tuned with post.template=none gives it the bare prompt,
+    as its SFT data had it, not ChatML."""
+    user = [{"role": "user", "content": "stone apple tree"}]
+    assert chat_prompt(ours, user, "none") == (ours.encode("stone apple tree", bos=True), ())
+    assert chat_prompt(ours, user, "chatml")[0] == make_template(
+        "chatml", ours).encode_prompt(user).tolist()
 
 
 def test_chatml_loss_is_on_replies_and_their_end_marker(ours):

@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 from checkpoint_factory import WORDS, imported_checkpoint, own_checkpoint  # noqa: E402
 
 from llm_jax.cli import main  # noqa: E402
+from llm_jax.data.chat_format import make_template  # noqa: E402
 from llm_jax.errors import UserError  # noqa: E402
 from llm_jax.infer.chat import chat_prompt  # noqa: E402
 from llm_jax.infer.completion import complete  # noqa: E402
@@ -167,15 +168,18 @@ def test_cli_generate_on_own_checkpoint(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("The quick brown")
     tokenizer = load_model(ckpt).tokenizer
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert chat_prompt(tokenizer, messages) == (
+    ids, stop = chat_prompt(tokenizer, messages)
+    chatml = make_template("chatml", tokenizer)  # as SFT encoded its conversations
+    assert ids == chatml.encode_prompt(messages).tolist() and stop == ("<|im_end|>",)
+    assert chatml.render(messages, add_generation_prompt=True) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-        "<|im_start|>assistant\n", True, ("<|im_end|>",))
+        "<|im_start|>assistant\n")
 
 
 def test_chat_uses_the_tokenizers_own_template(imported):
     tokenizer = imported[2].tokenizer
     assert chat_prompt(tokenizer, [{"role": "user", "content": "w5"}]) == (
-        "user w3 w5 w4 assistant w3", False, ())
+        tokenizer.encode("user w3 w5 w4 assistant w3", bos=False), ())
 
 
 @pytest.mark.parametrize("prompt, message", [

@@ -1,28 +1,26 @@
-"""Chat prompts: the tokenizer's own template when it has one, ChatML otherwise.
+"""Chat prompts as the model was tuned to read them.
 
-Our SFT data is formatted as ChatML (`<|im_start|>role\\n...<|im_end|>\\n`), so a model tuned
-here expects the same framing at generation time, ending with an open assistant turn.
+A model tuned here expects, at generation time, the framing its SFT data had: the template of
+its run (`post.template`), encoded segment by segment exactly as `chat_format` encoded the
+training conversations, ending where the assistant's reply starts. An imported model whose
+tokenizer brings its own chat template (and was not tuned here with another) uses that one.
 """
 
 from __future__ import annotations
 
+from llm_jax.data.chat_format import make_template
 from llm_jax.data.tokenizer import Tokenizer
 
-CHATML_END = "<|im_end|>"
 
+def chat_prompt(tokenizer: Tokenizer, messages: list[dict[str, str]],
+                template: str = "auto") -> tuple[list[int], tuple[str, ...]]:
+    """(prompt ids, stop strings) for a conversation under the run's `post.template`.
 
-def chatml(messages: list[dict[str, str]]) -> str:
-    """ChatML turns followed by the start of the assistant's reply."""
-    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}{CHATML_END}\n" for m in messages)
-    return turns + "<|im_start|>assistant\n"
-
-
-def chat_prompt(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> tuple[str, bool, tuple[str, ...]]:
-    """(prompt text, whether to prepend BOS, stop strings) for a conversation.
-
-    A Hugging Face template writes its own BOS text, so none is added; ChatML turns end at
-    `<|im_end|>`, which is a stop string because our tokenizers need not have it as one id.
+    A Hugging Face template writes its own BOS text; ChatML's `<|im_end|>` is a stop string
+    because a tokenizer need not have it as one id.
     """
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages), False, ()
-    return chatml(messages), True, (CHATML_END,)
+    if tokenizer.chat_template and template == "auto":
+        return tokenizer.encode(tokenizer.apply_chat_template(messages), bos=False), ()
+    chosen = make_template(template, tokenizer)
+    stop = (chosen.end_marker,) if chosen.end_marker else ()
+    return chosen.encode_prompt(messages).tolist(), stop

@@ -39,8 +39,10 @@ def continuation_text(tokenizer: Tokenizer, prompt: Sequence[int], new: Sequence
 
 
 def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str], chat: bool = False,
-                   system: str | None = None) -> tuple[list[list[int]], tuple[str, ...]]:
-    """Token prompts (BOS first where the tokenizer has one) and the stop strings chat adds."""
+                   system: str | None = None,
+                   template: str = "auto") -> tuple[list[list[int]], tuple[str, ...]]:
+    """Token prompts (BOS first where the tokenizer has one) and the stop strings chat adds;
+    chat prompts are framed by `template` (the run's `post.template`)."""
     encoded, extra_stop = [], ()
     for i, prompt in enumerate(prompts):
         if not prompt.strip():
@@ -48,22 +50,23 @@ def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str], chat: bool = Fa
         if chat:
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": prompt}]
-            text, bos, extra_stop = chat_prompt(tokenizer, messages)
+            ids, extra_stop = chat_prompt(tokenizer, messages, template)
+            encoded.append(ids)
         else:
-            text, bos = prompt, True
-        encoded.append(tokenizer.encode(text, bos=bos))
+            encoded.append(tokenizer.encode(prompt, bos=True))
     return encoded, extra_stop
 
 
 def complete(generator: Generator, tokenizer: Tokenizer, prompts: Sequence[str],
              options: SamplingOptions, chat: bool = False, system: str | None = None,
-             max_prompt_tokens: int | None = None) -> list[Completion]:
-    """Continuations of text prompts (in chat mode, replies to user messages).
+             max_prompt_tokens: int | None = None, template: str = "auto") -> list[Completion]:
+    """Continuations of text prompts (in chat mode, replies to user messages framed by
+    `template`, the chat template the model was tuned with).
 
     `max_prompt_tokens` keeps only the end of longer prompts (benchmarks with long few-shot
     prefixes); without it a prompt that does not fit the context is an error.
     """
-    encoded, chat_stop = encode_prompts(tokenizer, prompts, chat, system)
+    encoded, chat_stop = encode_prompts(tokenizer, prompts, chat, system, template)
     if max_prompt_tokens:
         encoded = [tokens[-max_prompt_tokens:] for tokens in encoded]
     stop = tuple(options.stop) + chat_stop
