@@ -156,7 +156,7 @@ def test_dpo_beta_runs_share_one_sft_start_and_differ_only_in_beta():
 
 
 @pytest.mark.parametrize("name", ["mlp_variants", "positions", "norms", "scaling", "qk_norm",
-                                  "lora_rank", "moe"])
+                                  "lora_rank", "moe", "learning_rate"])
 def test_experiments_define_distinct_variants_for_both_scales(name):
     from llm_jax.experiment import run_config
 
@@ -164,8 +164,8 @@ def test_experiments_define_distinct_variants_for_both_scales(name):
     assert {"tiny", "full"} <= set(experiment.scales)
     for scale in ("tiny", "full"):
         configs = [run_config(experiment, scale, Path("/tmp/x"), v, 0) for v in experiment.variants]
-        models = {c.model for c in configs}
-        assert len(models) == len(experiment.variants), f"{name} {scale}: variants coincide"
+        arms = {(c.model, c.optimizer) for c in configs}
+        assert len(arms) == len(experiment.variants), f"{name} {scale}: variants coincide"
 
 
 def test_match_flops_gives_every_arm_the_first_arms_training_flops():
