@@ -26,8 +26,8 @@ import re
 import time
 from pathlib import Path
 
-SFT_RATES = (3e-4, 1e-3, 3e-3, 1e-2)
-DPO_RATES = (5e-5, 3e-4, 1e-3)
+SFT_RATES = (1e-3, 3e-3, 1e-2)
+DPO_RATES = (5e-5, 5e-4)
 RECORDS, HELD_OUT = 4000, 200
 
 

@@ -30,6 +30,9 @@ def test_norms_experiment_writes_table_csv_and_plot(tmp_path, capsys):
     assert [(r["variant"], r["seed"]) for r in rows] == [
         ("rmsnorm", "0"), ("rmsnorm", "1"), ("layernorm", "0"), ("layernorm", "1")]
     assert len({r["eval_loss"] for r in rows}) == 4  # seeds and variants differ
+    # each variant's two seeds trained as one ensemble, each in its own run directory
+    assert {r["ensemble"] for r in rows} == {"2"}
+    assert len({r["ensemble_dir"] for r in rows}) == 2
     table = (tmp_path / "results.md").read_text()
     assert "| rmsnorm |" in table and "| layernorm |" in table and "±" in table
     assert "| steps | training FLOPs |" in table
