@@ -10,8 +10,8 @@ the same `train` loop as `llm-jax train` (so runs resume); a variant's seeds tra
 one ensemble, one compiled program (`llm_jax.train.ensemble`; `--separate`: one by one). Each
 run's directory is named by a hash of its resolved config and the library code
 (`run_version.py`), so repeating the command skips unchanged finished runs and retrains
-changed ones; `run.json` beside its metrics records the hash, code version, commit and training wall time. The output folder
-gets `results.csv` (one row per run, every held-out metric of its last step), `results.md`
+changed ones; `run.json` beside its metrics records the hash, code version, commit and
+training wall time. The output folder gets `results.csv` (one row per run, every held-out metric of its last step), `results.md`
 (the experiment's columns as mean and 95% confidence interval per variant, beside what the
 paper reported, then each variant against the first one: Welch's test, a verdict at p < 0.01
 and the seeds 80% power would need; see `experiment_stats.py`) and `loss_curves.png`
