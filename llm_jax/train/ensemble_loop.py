@@ -9,6 +9,8 @@ position with it, and `members.json`, which a resumed ensemble must match.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -22,7 +24,6 @@ from llm_jax import checkpoint, storage
 from llm_jax.config import Config, save_config
 from llm_jax.errors import UserError
 from llm_jax.parallel.preemption import Preemption
-from llm_jax.run_version import config_hash
 from llm_jax.train.ensemble import EnsembleTraining, build_ensemble
 from llm_jax.train.metrics import MetricsLogger
 from llm_jax.train.objective_eval import to_global
@@ -31,7 +32,12 @@ MEMBERS_FILE = "members.json"
 
 
 def _members_record(configs: Sequence[Config]) -> list[dict]:
-    return [{"run_dir": str(c.run_dir), "config_hash": config_hash(c)} for c in configs]
+    """Each member's run directory and a digest of its whole config."""
+    def digest(config: Config) -> str:
+        text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    return [{"run_dir": str(c.run_dir), "config": digest(c)} for c in configs]
 
 
 def _check_members_record(ensemble_dir: storage.AnyPath, configs: Sequence[Config]) -> None:
