@@ -11,12 +11,13 @@ one ensemble, one compiled program (`llm_jax.train.ensemble`; `--separate`: one 
 run's directory is named by a hash of its resolved config and the library code
 (`run_version.py`), so repeating the command skips unchanged finished runs and retrains
 changed ones; `run.json` beside its metrics records the hash, code version, commit and
-training wall time. The output folder gets `results.csv` (one row per run, every held-out metric of its last step), `results.md`
-(the experiment's columns as mean and 95% confidence interval per variant, beside what the
-paper reported, then each variant against the first one: Welch's test, a verdict at p < 0.01
-and the seeds 80% power would need; see `experiment_stats.py`) and `loss_curves.png`
-(training curves, mean per variant). `--seeds auto` starts with 3 seeds and adds one to every
-variant until each verdict on the first column is decided or `--max-seeds` is reached.
+training wall time. The output folder gets `results.csv` (one row per run, every held-out
+metric of its last step), `results.md` (the experiment's columns as mean and 95% confidence
+interval per variant, beside what the paper reported, then each variant against the first
+one: Welch's test, a verdict at p < 0.01 and the seeds 80% power would need; see
+`experiment_stats.py`) and `loss_curves.png` (training curves, mean per variant).
+`--seeds auto` starts with 3 seeds and adds one to every variant until each verdict on the
+first column is decided or `--max-seeds` is reached.
 The variants are matched by parameters where their overrides size them so; `--match flops`
 instead trains each arm for the steps that spend the first arm's training FLOPs (6N + attention
 per token, active parameters of a mixture of experts), and the table shows each arm's steps
@@ -119,10 +120,7 @@ def train_one(config: Config) -> dict:
     start = time.perf_counter()
     last = train_unless_finished(config)[-1]
     if not record_path.exists():  # first finished here: a resumed run's time is this part
-        record_path.write_text(json.dumps({
-            "config_hash": config_hash(config), "code_version": code_version(),
-            "commit": git_commit(), "seed": config.seed,
-            "wall_s": round(time.perf_counter() - start, 1)}, indent=1) + "\n")
+        write_run_record(config, round(time.perf_counter() - start, 1))
     record = json.loads(record_path.read_text())
     shapes = abstract_params(unquantized(config.model))  # an nf4 matrix has all its weights
     total = sum(x.size for x in jax.tree.leaves(shapes))
@@ -133,13 +131,23 @@ def train_one(config: Config) -> dict:
             "run_dir": str(config.run_dir)}
 
 
+def write_run_record(config: Config, wall_s: float, **extra) -> None:
+    """`run.json`: what trained the run (config hash, code version, commit, seed) and how long
+    its training took."""
+    import json
+
+    (storage.path(config.run_dir) / RUN_RECORD).write_text(json.dumps({
+        "config_hash": config_hash(config), "code_version": code_version(),
+        "commit": git_commit(), "seed": config.seed, "wall_s": wall_s, **extra},
+        indent=1) + "\n")
+
+
 def train_together(configs: Sequence[Config]) -> None:
     """Trains the unfinished runs among `configs` as one ensemble (`train/ensemble.py`: one
     compiled program) when they differ only in seed and optimizer numbers, and records each
     one's share of the wall time; `train_one` then reads them as finished. Others are left
     to `train_one`, one by one."""
     import hashlib
-    import json
     import time
 
     from llm_jax.errors import UserError
@@ -161,10 +169,7 @@ def train_together(configs: Sequence[Config]) -> None:
     train_ensemble(pending, [training_data(c) for c in pending], ensemble_dir)
     share = round((time.perf_counter() - start) / len(pending), 1)
     for config in pending:
-        (storage.path(config.run_dir) / RUN_RECORD).write_text(json.dumps({
-            "config_hash": config_hash(config), "code_version": code_version(),
-            "commit": git_commit(), "seed": config.seed, "wall_s": share,
-            "ensemble": len(pending), "ensemble_dir": str(ensemble_dir)}, indent=1) + "\n")
+        write_run_record(config, share, ensemble=len(pending), ensemble_dir=str(ensemble_dir))
 
 
 def _comparisons(experiment: Experiment, rows: list[dict]) -> dict[tuple[str, str], Comparison]:

@@ -118,6 +118,8 @@ def _prefixed(sharding: NamedSharding, axis: str | None) -> NamedSharding:
 
 
 def _initial_states(configs: Sequence[Config], mesh: Mesh, rules: Rules, tx, axis: str | None):
+    """(stacked state, its shardings): member k initialized as a single run with its seed
+    would be, or every member from `train.init_from`."""
     base = configs[0]
     boxed = functools.partial(initial_state, base, tx)
     abstract = jax.eval_shape(boxed, jax.random.key(0))

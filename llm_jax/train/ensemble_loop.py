@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from typing import Any, Sequence
 
@@ -25,6 +24,7 @@ from llm_jax.config import Config, save_config
 from llm_jax.errors import UserError
 from llm_jax.parallel.preemption import Preemption
 from llm_jax.train.ensemble import EnsembleTraining, build_ensemble
+from llm_jax.train.loop import eval_metrics
 from llm_jax.train.metrics import MetricsLogger
 from llm_jax.train.objective_eval import to_global
 
@@ -87,14 +87,7 @@ def _evaluate(training: EnsembleTraining, state, datas: Sequence[Any]) -> list[d
         sums = jax.device_get(training.evaluate_sums(state.params,
                                                      to_global(batch, training.batch_sharding)))
         totals += np.asarray(sums, np.float64)
-    nll, tokens, num_bytes = totals
-    results = []
-    for k in range(training.members):
-        result = {"eval_loss": nll[k] / tokens[k]} if tokens[k] else {}
-        if tokens[k] and num_bytes[k]:
-            result["eval_bpb"] = nll[k] / (math.log(2) * num_bytes[k])
-        results.append(result)
-    return results
+    return [eval_metrics(*(float(x) for x in member)) for member in totals.T]
 
 
 def _save_members(training: EnsembleTraining, state) -> None:

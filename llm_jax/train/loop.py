@@ -57,6 +57,11 @@ def evaluate(eval_step, state, batches: Iterator[dict], sharding, steps: int) ->
         sums = jax.device_get(eval_step(state.params, to_global(batch, sharding)))
         nll, tokens, num_bytes = (total + float(x) for total, x in
                                   zip((nll, tokens, num_bytes), sums))
+    return eval_metrics(nll, tokens, num_bytes)
+
+
+def eval_metrics(nll: float, tokens: float, num_bytes: float) -> dict[str, float]:
+    """Held-out sums as `eval_loss` (nats per token) and `eval_bpb` (bits per byte)."""
     if not tokens:
         return {}
     result = {"eval_loss": nll / tokens}
