@@ -144,9 +144,9 @@ def write_run_record(config: Config, wall_s: float, **extra) -> None:
 
 def train_together(configs: Sequence[Config]) -> None:
     """Trains the unfinished runs among `configs` as one ensemble (`train/ensemble.py`: one
-    compiled program) when they differ only in seed and optimizer numbers, and records each
-    one's share of the wall time; `train_one` then reads them as finished. Others are left
-    to `train_one`, one by one."""
+    compiled program) when `check_members` allows it (seed, init scale, optimizer numbers,
+    DPO's beta), and records each one's share of the wall time; `train_one` then reads them
+    as finished. Others are left to `train_one`, one by one."""
     import hashlib
     import time
 

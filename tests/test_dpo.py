@@ -103,8 +103,9 @@ def test_losses_equal_trls(loss):
     np.testing.assert_allclose(float(jnp.mean(ours)), expected, rtol=1e-5)
 
 
-def preference_batch(config, pairs=4):
-    rng = np.random.default_rng(0)
+def preference_batch(config, pairs=4, seed=0):
+    """Random (prompt, chosen, rejected) pairs in the layout `PreferenceData` batches have."""
+    rng = np.random.default_rng(seed)
     length = config.data.seq_len
     batch = {}
     for side in ("chosen", "rejected"):

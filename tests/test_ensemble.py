@@ -13,6 +13,7 @@ from llm_jax.parallel.mesh import make_mesh
 from llm_jax.train.build import build_training
 from llm_jax.train.ensemble import build_ensemble, check_members
 from llm_jax.train.synthetic import synthetic_batch
+from test_dpo import preference_batch
 
 SMALL = ["model.vocab_size=512", "model.d_model=64", "model.num_layers=2", "model.num_heads=4",
          "model.num_kv_heads=2", "model.mlp_dim=128", "model.max_seq_len=32", "data.seq_len=32",
@@ -49,19 +50,29 @@ def run_ensemble(configs, batches, steps, devices=None):
     return training, state, curves
 
 
-def test_each_member_computes_what_its_own_run_computes(tmp_path):
-    configs = member_configs(tmp_path)
-    batches = member_batches(len(configs), 5)
-    _, state, curves = run_ensemble(configs, batches, 5, jax.devices()[:1])
+def assert_equals_single_runs(configs, batches, curves, names, atol=1e-7):
+    """Trains each member alone on its batches; its metrics per step equal the ensemble's.
+    Returns each single run's (training, final state)."""
+    runs = []
     for k, config in enumerate(configs):
         config = dataclasses.replace(config, mesh=configs[0].mesh)
         single = build_training(config, make_mesh(config, jax.devices()[:1]))
         own = single.state
-        for t in range(5):
-            own, metrics = single.step(own, single.put_batch(batches[k][t]))
-            for name in ("loss", "grad_norm", "lr"):
+        for t, batch in enumerate(batches[k]):
+            own, metrics = single.step(own, single.put_batch(batch))
+            for name in names:
                 np.testing.assert_allclose(curves[t][name][k], metrics[name], rtol=2e-5,
-                                           atol=1e-7, err_msg=f"member {k} {name} step {t}")
+                                           atol=atol, err_msg=f"member {k} {name} step {t}")
+        runs.append((single, own))
+    return runs
+
+
+def test_each_member_computes_what_its_own_run_computes(tmp_path):
+    configs = member_configs(tmp_path)
+    batches = member_batches(len(configs), 5)
+    _, state, curves = run_ensemble(configs, batches, 5, jax.devices()[:1])
+    runs = assert_equals_single_runs(configs, batches, curves, ("loss", "grad_norm", "lr"))
+    for k, (_, own) in enumerate(runs):
         for ours, theirs in zip(jax.tree.leaves(state.params), jax.tree.leaves(own.params)):
             np.testing.assert_allclose(np.asarray(ours[k]), theirs, rtol=1e-4, atol=2e-6)
     # the members really differ: seeds, schedules and decay move them apart
@@ -82,6 +93,64 @@ def test_members_split_over_the_data_axis_equal_one_device(tmp_path):
         np.testing.assert_allclose(ours["grad_norm"], theirs["grad_norm"], rtol=1e-4)
 
 
+class EvalOnly:
+    def __init__(self, batches):
+        self.batches = batches
+
+    def eval_iterator(self):
+        return iter(self.batches)
+
+
+def test_dpo_members_with_their_own_beta_equal_their_runs(tmp_path):
+    """DPO's beta is traced per member (at the first step policy == reference, so beta alone
+    scales each member's gradient); each member keeps its own frozen reference and is
+    evaluated by the objective, as `PreferenceData.evaluate` evaluates a single run."""
+    from llm_jax.train.ensemble_loop import _evaluate
+    from llm_jax.train.objective_eval import make_objective_eval
+
+    members = [("seed=0", "dpo.beta=0.1", "optimizer.lr=3e-3"),
+               ("seed=1", "dpo.beta=0.5", "optimizer.lr=1e-3")]
+    configs = member_configs(tmp_path, ["train.objective=dpo"], members)
+    batches = [[preference_batch(configs[0], 8, 10 * k + t) for t in range(3)]
+               for k in range(2)]
+    training, state, curves = run_ensemble(configs, batches, 3, jax.devices()[:1])
+    held_out = [[preference_batch(configs[0], 8, 100 + k)] for k in range(2)]
+    evals = _evaluate(training, state, [EvalOnly(b) for b in held_out])
+    runs = assert_equals_single_runs(configs, batches, curves,
+                                     ("loss", "grad_norm", "rewards_margins"), atol=1e-5)
+    for k, (single, own) in enumerate(runs):
+        expected = make_objective_eval(single)(own, iter(held_out[k]), 1)
+        assert set(evals[k]) == set(expected) and "eval_rewards_accuracies" in expected
+        for name, value in expected.items():
+            assert evals[k][name] == pytest.approx(value, rel=1e-4, abs=1e-4), name
+
+
+def test_members_keep_their_init_scale_and_their_own_fresh_adapters(tmp_path):
+    """`model.init_std` may differ; from a checkpoint (`train.init_from`), each member's LoRA
+    adapters start from its own seed, as its single run's do."""
+    from llm_jax import checkpoint
+    from llm_jax.train.init_from import initialize_from
+
+    scales = member_configs(tmp_path, members=[("seed=0", "model.init_std=0.02"),
+                                               ("seed=1", "model.init_std=0.1")])
+    source = build_training(scales[0], make_mesh(scales[0], jax.devices()[:1]))
+    checkpoint.save_params(tmp_path / "base", scales[0], source.state.params)
+    lora = member_configs(tmp_path, ["model.lora.rank=4", f"train.init_from={tmp_path}/base"],
+                          [("seed=0",), ("seed=1",)])
+    for configs in (scales, lora):
+        ensemble = build_ensemble(configs, devices=jax.devices()[:1])
+        for k, config in enumerate(configs):
+            single = build_training(config, make_mesh(config, jax.devices()[:1]))
+            own = single.state
+            if config.train.init_from:
+                own = initialize_from(config, own, single.shardings)
+            for ours, theirs in zip(jax.tree.leaves(ensemble.state.params),
+                                    jax.tree.leaves(own.params)):
+                np.testing.assert_array_equal(np.asarray(ours[k]), np.asarray(theirs))
+        stacked = jax.tree.leaves(ensemble.state.params)
+        assert any(not np.array_equal(x[0], x[1]) for x in stacked)  # members differ
+
+
 def test_members_that_differ_in_shape_or_objective_are_refused(tmp_path):
     wider = member_configs(tmp_path, members=[("seed=0",), ("seed=1", "model.d_model=128")])
     with pytest.raises(UserError, match="differ in model.d_model"):
@@ -89,9 +158,14 @@ def test_members_that_differ_in_shape_or_objective_are_refused(tmp_path):
     same_dir = [load_config("tiny", [*SMALL, f"seed={s}", f"run_dir={tmp_path}"]) for s in (0, 1)]
     with pytest.raises(UserError, match="distinct run_dir"):
         check_members(same_dir)
-    dpo = member_configs(tmp_path, ["train.objective=dpo"], [("seed=0",), ("seed=1",)])
+    ppo = member_configs(tmp_path, ["train.objective=ppo", "ppo.max_new_tokens=8"],
+                         [("seed=0",), ("seed=1",)])
     with pytest.raises(UserError, match="cannot train as an ensemble"):
-        check_members(dpo)
+        check_members(ppo)
+    precomputed = member_configs(tmp_path, ["train.objective=dpo", "dpo.reference=precomputed"],
+                                 [("seed=0",), ("seed=1",)])
+    with pytest.raises(UserError, match="precomputed cannot train as an ensemble"):
+        check_members(precomputed)
     three = member_configs(tmp_path, ["mesh.data=2", "mesh.fsdp=4"], MEMBERS[:3])
     with pytest.raises(UserError, match="3 ensemble members cannot split over mesh.data=2"):
         build_ensemble(three)

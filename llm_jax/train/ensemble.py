@@ -1,11 +1,12 @@
 """Ensembles: K runs that share every array shape, trained as one compiled program.
 
-Members may differ only in what changes no shape: `seed` (initialization and data order) and
-the optimizer's numbers. The schedule's settings (`optimizer.lr`, `warmup_steps`,
-`min_lr_ratio`, `schedule`, `decay_fraction`) give each member its own schedule, picked by
-member index inside the step; `weight_decay`, `b1`, `b2` and `eps` become traced per-member
-scalars where members differ. The train state gains a leading ensemble axis and the step is
-`jax.vmap` of the single run's own step, so each member computes what it would alone.
+Members may differ only in what changes no shape: `seed` (initialization and data order),
+`model.init_std`, the optimizer's numbers and DPO's beta. The schedule's settings
+(`optimizer.lr`, `warmup_steps`, `min_lr_ratio`, `schedule`, `decay_fraction`) give each
+member its own schedule, picked by member index inside the step; `weight_decay`, `b1`, `b2`,
+`eps` and `dpo.beta` become traced per-member scalars where members differ. The train state
+gains a leading ensemble axis and the step is `jax.vmap` of the single run's own step, so each
+member computes what it would alone.
 
 With `mesh.data > 1` the members are split over the data axis (`vmap`'s `spmd_axis_name`) and
 each member's batch and parameters are sharded over the other axes as a single run's are: on a
@@ -30,7 +31,7 @@ from llm_jax.parallel.mesh import make_mesh
 from llm_jax.parallel.rules import Rules, axis_rules
 from llm_jax.parallel.sharding import BATCH_AXES, sharding_context
 from llm_jax.train.forward import make_forward
-from llm_jax.train.init_from import initialize_from, reference_params
+from llm_jax.train.init_from import attach_reference, initialize_from, reference_params
 from llm_jax.train.instruments import make_instruments
 from llm_jax.train.loop import eval_sums
 from llm_jax.train.objectives import make_objective
@@ -39,9 +40,11 @@ from llm_jax.train.state import initial_state, create_train_state
 from llm_jax.train.step import make_train_step
 
 SCHEDULE_FIELDS = ("lr", "warmup_steps", "min_lr_ratio", "schedule", "decay_fraction")
-TRACED_FIELDS = ("weight_decay", "b1", "b2", "eps")
-MEMBER_FIELDS = ("seed", "run_dir", *(f"optimizer.{f}" for f in SCHEDULE_FIELDS + TRACED_FIELDS))
-OBJECTIVES = ("lm", "sft")  # objectives whose data needs no model (DPO's, PPO's does)
+TRACED_FIELDS = (*(f"optimizer.{f}" for f in ("weight_decay", "b1", "b2", "eps")), "dpo.beta")
+MEMBER_FIELDS = ("seed", "run_dir", "model.init_std",
+                 *(f"optimizer.{f}" for f in SCHEDULE_FIELDS), *TRACED_FIELDS)
+OBJECTIVES = ("lm", "sft", "dpo")  # objectives whose data needs no model (PPO's does)
+OBJECTIVE_EVALS = ("dpo",)  # evaluated by their objective, as `PreferenceData.evaluate` does
 ENSEMBLE_AXIS = "data"
 
 
@@ -72,16 +75,35 @@ def check_members(configs: Sequence[Config]) -> None:
     if base.train.objective not in OBJECTIVES:
         raise UserError(f"train.objective={base.train.objective} cannot train as an ensemble "
                         f"(its data needs the model); ensembles train {', '.join(OBJECTIVES)}")
+    if base.train.objective == "dpo" and base.dpo.reference != "model":
+        raise UserError("dpo.reference=precomputed cannot train as an ensemble (its data needs "
+                        "the model); use dpo.reference=model")
     if base.mesh.pipe > 1:
         raise UserError("an ensemble cannot use mesh.pipe > 1; split members over mesh.data")
-    if base.optimizer.name == "adafactor" and _traced_numbers(configs):
+    traced = _traced_numbers(configs)
+    if base.optimizer.name == "adafactor" and any(f.startswith("optimizer.") for f in traced):
         raise UserError("optimizer.name=adafactor members must share weight_decay, b1, b2, eps")
 
 
 def _traced_numbers(configs: Sequence[Config]) -> dict[str, np.ndarray]:
-    """Per-member values of the optimizer numbers in which members differ."""
-    values = {f: [getattr(c.optimizer, f) for c in configs] for f in TRACED_FIELDS}
+    """Per-member values of the traced numbers ("section.field") in which members differ."""
+    def value(config: Config, field: str):
+        section, name = field.split(".")
+        return getattr(getattr(config, section), name)
+
+    values = {f: [value(c, f) for c in configs] for f in TRACED_FIELDS}
     return {f: np.asarray(v, np.float32) for f, v in values.items() if len(set(v)) > 1}
+
+
+def _with_numbers(config: Config, numbers: dict[str, Any]) -> Config:
+    """`config` with a member's traced numbers in place of its own (inside the vmapped step)."""
+    sections: dict[str, dict[str, Any]] = {}
+    for field, value in numbers.items():
+        section, name = field.split(".")
+        sections.setdefault(section, {})[name] = value
+    return dataclasses.replace(config, **{
+        section: dataclasses.replace(getattr(config, section), **fields)
+        for section, fields in sections.items()})
 
 
 def member_rules(rules: Rules, sharded: bool) -> Rules:
@@ -105,7 +127,7 @@ class EnsembleTraining:
     state: Any  # TrainState with a leading [members] axis on every leaf
     shardings: Any
     step: Any  # jitted `step(states, batches) -> (states, metrics [members])`
-    evaluate_sums: Any  # jitted `sums(params, batches)` -> ([members] nll, tokens, bytes)
+    evaluate_sums: Any  # jitted `sums(states, batches)`: [members] held-out sums (`member_eval`)
     batch_sharding: NamedSharding  # batches [members, batch, length]
 
     @property
@@ -118,19 +140,24 @@ def _prefixed(sharding: NamedSharding, axis: str | None) -> NamedSharding:
 
 
 def _initial_states(configs: Sequence[Config], mesh: Mesh, rules: Rules, tx, axis: str | None):
-    """(stacked state, its shardings): member k initialized as a single run with its seed
-    would be, or every member from `train.init_from`."""
+    """(stacked state, its shardings): member k initialized as its single run would be, with
+    its seed and init scale, then `train.init_from`'s weights where it starts from those."""
     base = configs[0]
     boxed = functools.partial(initial_state, base, tx)
     abstract = jax.eval_shape(boxed, jax.random.key(0))
     member = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
     shardings = jax.tree.map(lambda s: _prefixed(s, axis), member)
-    if base.train.init_from:  # every member starts from the same weights
-        state, single = create_train_state(base, mesh, tx, jax.random.key(base.seed))
-        state = initialize_from(base, state, single)
-        stack = lambda s: jax.tree.map(  # noqa: E731
-            lambda x: jnp.broadcast_to(x, (len(configs), *x.shape)), s)
-        return jax.jit(stack, out_shardings=shardings)(state), shardings
+    stack = jax.jit(lambda *states: jax.tree.map(lambda *xs: jnp.stack(xs), *states),
+                    out_shardings=shardings)
+    if base.train.init_from or len({c.model.init_std for c in configs}) > 1:
+        # One member at a time: a checkpoint's weights, and the heads or adapters it lacks
+        # freshly initialized from the member's own seed, as `build_training` does.
+        singles = []
+        for config in configs:
+            state, single = create_train_state(config, mesh, tx, jax.random.key(config.seed))
+            singles.append(initialize_from(config, state, single) if config.train.init_from
+                           else state)
+        return stack(*singles), shardings
     seeds = jnp.asarray([c.seed for c in configs], jnp.uint32)
     init = jax.vmap(lambda seed: nn.unbox(boxed(jax.random.key(seed))))
     with sharding_context(mesh, rules):
@@ -153,18 +180,20 @@ def build_ensemble(configs: Sequence[Config], token_bytes: np.ndarray | None = N
     steps = base.train.steps
     tx = make_optimizer(base.optimizer, steps)
     state, shardings = _initial_states(configs, mesh, rules, tx, axis)
+    state, shardings = attach_reference(base, state, shardings)
 
-    objective = make_objective(base, make_forward(base, mesh))
+    forward = make_forward(base, mesh)
     schedules = [learning_rate_schedule(c.optimizer, steps) for c in configs]
     numbers = {f: jnp.asarray(v) for f, v in _traced_numbers(configs).items()}
     instruments = make_instruments(base) if base.train.instrument else None
+    reference = functools.partial(reference_params, base)
 
     def member_step(state, batch, index, member_numbers):
+        config = _with_numbers(base, member_numbers)
         schedule = lambda count: jax.lax.switch(index, schedules, count)  # noqa: E731
-        member_tx = make_optimizer(dataclasses.replace(base.optimizer, **member_numbers), steps,
-                                   schedule)
-        step = make_train_step(objective, member_tx, schedule, base.train.microbatches,
-                               instruments, reference=functools.partial(reference_params, base),
+        member_tx = make_optimizer(config.optimizer, steps, schedule)
+        step = make_train_step(make_objective(config, forward), member_tx, schedule,
+                               base.train.microbatches, instruments, reference=reference,
                                adapters_only=bool(base.model.lora.rank))
         return step(state, batch)
 
@@ -172,13 +201,25 @@ def build_ensemble(configs: Sequence[Config], token_bytes: np.ndarray | None = N
         return jax.vmap(member_step, spmd_axis_name=axis)(
             states, batches, jnp.arange(members), numbers)
 
+    lm_sums = eval_sums(base, mesh, token_bytes)
+
+    def member_eval(state, batch, member_numbers):
+        """The held-out sums a single run's evaluation takes: next-token NLL for lm and sft,
+        the objective's own loss and metrics for dpo (`objective_eval.py`)."""
+        if base.train.objective not in OBJECTIVE_EVALS:
+            return lm_sums(state.params, batch)
+        config = _with_numbers(base, member_numbers)
+        frozen = reference(state)
+        kwargs = {} if frozen is None else {"reference": frozen}
+        return make_objective(config, forward)(state.params, batch, **kwargs)
+
     batch_axes = nn.logical_to_mesh_axes(BATCH_AXES, rules)
     batches = NamedSharding(mesh, PartitionSpec(axis, *batch_axes))
     replicated = NamedSharding(mesh, PartitionSpec())
     jitted = jax.jit(ensemble_step, in_shardings=(shardings, batches),
                      out_shardings=(shardings, replicated), donate_argnums=0)
-    sums = jax.jit(jax.vmap(eval_sums(base, mesh, token_bytes), spmd_axis_name=axis),
-                   in_shardings=(shardings.params, batches), out_shardings=replicated)
+    sums = jax.jit(lambda states, batch: jax.vmap(member_eval, spmd_axis_name=axis)(
+        states, batch, numbers), in_shardings=(shardings, batches), out_shardings=replicated)
 
     def in_context(fn):
         def run(*args):

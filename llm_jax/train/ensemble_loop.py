@@ -23,10 +23,10 @@ from llm_jax import checkpoint, storage
 from llm_jax.config import Config, save_config
 from llm_jax.errors import UserError
 from llm_jax.parallel.preemption import Preemption
-from llm_jax.train.ensemble import EnsembleTraining, build_ensemble
+from llm_jax.train.ensemble import OBJECTIVE_EVALS, EnsembleTraining, build_ensemble
 from llm_jax.train.loop import eval_metrics
 from llm_jax.train.metrics import MetricsLogger
-from llm_jax.train.objective_eval import to_global
+from llm_jax.train.objective_eval import objective_metrics, to_global
 
 MEMBERS_FILE = "members.json"
 
@@ -80,14 +80,20 @@ def _restore(manager, step: int, training: EnsembleTraining, iterators) -> Any:
 
 
 def _evaluate(training: EnsembleTraining, state, datas: Sequence[Any]) -> list[dict[str, float]]:
-    """Each member's held-out loss (and bits per byte) on its own eval batches."""
-    totals = np.zeros((3, training.members))
-    steps = training.configs[0].eval.steps
-    for batch in stacked_batches([d.eval_iterator() for d in datas], steps):
-        sums = jax.device_get(training.evaluate_sums(state.params,
-                                                     to_global(batch, training.batch_sharding)))
-        totals += np.asarray(sums, np.float64)
-    return [eval_metrics(*(float(x) for x in member)) for member in totals.T]
+    """Each member's held-out metrics on its own eval batches, as its single run reports them:
+    loss (and bits per byte), or for dpo its objective's loss and metrics."""
+    base, members = training.configs[0], range(training.members)
+    sums = [jax.device_get(training.evaluate_sums(state, to_global(batch,
+                                                                   training.batch_sharding)))
+            for batch in stacked_batches([d.eval_iterator() for d in datas], base.eval.steps)]
+    if base.train.objective in OBJECTIVE_EVALS:  # per batch: (loss sum [K], {metric: [K]})
+        names = sums[0][1] if sums else {}
+        return [objective_metrics(sum(float(loss[k]) for loss, _ in sums),
+                                  {n: sum(float(metrics[n][k]) for _, metrics in sums)
+                                   for n in names})
+                for k in members]
+    totals = np.sum(np.asarray(sums, np.float64), axis=0) if sums else np.zeros((3, len(members)))
+    return [eval_metrics(*(float(x) for x in totals[:, k])) for k in members]
 
 
 def _save_members(training: EnsembleTraining, state) -> None:

@@ -38,10 +38,16 @@ def make_objective_eval(training: Any) -> Callable[[Any, Iterator[dict], int], d
             numerator += float(num)
             for name, value in jax.device_get(sums).items():
                 totals[name] = totals.get(name, 0.0) + float(value)
-        denominator = totals.pop("denominator", 0.0)
-        if not denominator:
-            return {}
-        return {"eval_loss": numerator / denominator,
-                **{f"eval_{name}": value / denominator for name, value in totals.items()}}
+        return objective_metrics(numerator, totals)
 
     return evaluate
+
+
+def objective_metrics(numerator: float, totals: dict[str, float]) -> dict[str, float]:
+    """Summed loss and metrics divided once by their summed `denominator`."""
+    totals = dict(totals)
+    denominator = totals.pop("denominator", 0.0)
+    if not denominator:
+        return {}
+    return {"eval_loss": numerator / denominator,
+            **{f"eval_{name}": value / denominator for name, value in totals.items()}}
