@@ -9,6 +9,7 @@ a wrong path and absent credentials are one-line errors naming the path.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -149,18 +150,19 @@ def runs(gcs, corpora, tmp_path_factory):
     deadline = time.time() + 300
     manager = checkpoint.checkpoint_manager(remote_run)
     while time.time() < deadline and (manager.reload() or manager.latest_step() or 0) < 20:
-        time.sleep(0.2)
+        time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = max(losses(remote_run))
     output = finished(run_cli(args, gcs))
-    return str(local_run), remote_run, killed_at, output
+    return str(local_run), remote_run, output
 
 
 def test_a_gs_run_killed_and_resumed_logs_the_local_runs_losses(runs):
-    local_run, remote_run, killed_at, output = runs
-    assert 20 <= killed_at < STEPS
-    assert f"resumed {remote_run} at step" in output
+    local_run, remote_run, output = runs
+    # The kill may land after step 60's loss is logged, while its checkpoint is still being
+    # written: what must hold is that the restart resumed from an earlier checkpoint.
+    resumed = re.search(rf"resumed {re.escape(remote_run)} at step (\d+)", output)
+    assert resumed and 20 <= int(resumed[1]) < STEPS, output
     after = losses(remote_run)
     assert sorted(after) == list(range(1, STEPS + 1))
     assert after == losses(local_run)  # bitwise: the same batches and the same state
@@ -175,7 +177,7 @@ def test_eval_generate_and_export_read_a_gs_checkpoint_like_a_local_one(runs, gc
                                                                           real_data):
     from safetensors.numpy import load_file
 
-    local_run, remote_run = runs[:2]
+    local_run, remote_run, _ = runs
     text = real_data / "tinyshakespeare.txt"
     results, texts = [], []
     for run in (local_run, remote_run):
