@@ -30,12 +30,13 @@ from llm_jax.train.synthetic import synthetic_batch
 
 
 def experiment_model() -> list[str]:
-    """The model settings of experiments/scales.py's tiny scale (its batch and length are
-    set by --experiment-shapes itself)."""
+    """The model and fused-loss settings of experiments/scales.py's tiny scale (its batch and
+    length are set by --experiment-shapes itself)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     from scales import TINY
 
-    return [o for o in TINY if o.startswith("model.") and "max_seq_len" not in o]
+    return [o for o in TINY if (o.startswith("model.") and "max_seq_len" not in o)
+            or o.startswith("train.loss_chunk=")]
 
 
 class JaxRunner:
@@ -96,6 +97,16 @@ class TorchRunner:
         loss.item()
         return time.perf_counter() - start
 
+    def matmul_flops(self, size: int = 2048, repeats: int = 5) -> float:
+        """FLOP/s of the same fp32 matmul as the JAX peak, in PyTorch: where the two
+        libraries' matmuls differ, so do their steps."""
+        a = self.torch.ones(size, size)
+        a @ a
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ a
+        return 2 * size**3 * repeats / (time.perf_counter() - start)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -128,7 +139,8 @@ def main() -> None:
     device = jax.devices()[0]
     print(f"{args.preset}: {config.model.num_layers} layers, d_model {config.model.d_model}, "
           f"batch {args.batch} x {args.seq}, {args.dtype}, attention {config.model.attention}, "
-          f"remat {config.model.remat}, scan_unroll {config.model.scan_unroll}; "
+          f"remat {config.model.remat}, scan_unroll {config.model.scan_unroll}, "
+          f"loss_chunk {config.train.loss_chunk}; "
           f"{device.device_kind} ({device.platform}), "
           f"{os.cpu_count()} CPU cores; {model_flops / 1e6:.1f} MFLOPs/token")
 
@@ -150,7 +162,11 @@ def main() -> None:
         peak, source = measured_matmul_flops(), "fp32 2048x2048 matmul measured in this process"
     else:
         peak, source = peak_flops_per_device()
-    print(f"peak for MFU: {peak / 1e12:.3f} TFLOP/s ({source})\n")
+    print(f"peak for MFU: {peak / 1e12:.3f} TFLOP/s ({source})")
+    if device.platform == "cpu" and not args.no_torch:
+        torch_peak = runners[next(reversed(runners))].matmul_flops()
+        print(f"the same matmul in PyTorch: {torch_peak / 1e12:.3f} TFLOP/s")
+    print()
     print("| implementation | step time (ms) | tokens/s | model TFLOP/s | MFU |")
     print("|---|---|---|---|---|")
     rates = {}
