@@ -163,9 +163,9 @@ def main() -> None:
     else:
         peak, source = peak_flops_per_device()
     print(f"peak for MFU: {peak / 1e12:.3f} TFLOP/s ({source})")
-    if device.platform == "cpu" and not args.no_torch:
-        torch_peak = runners[next(reversed(runners))].matmul_flops()
-        print(f"the same matmul in PyTorch: {torch_peak / 1e12:.3f} TFLOP/s")
+    for runner in runners.values():
+        if device.platform == "cpu" and isinstance(runner, TorchRunner):
+            print(f"the same matmul in PyTorch: {runner.matmul_flops() / 1e12:.3f} TFLOP/s")
     print()
     print("| implementation | step time (ms) | tokens/s | model TFLOP/s | MFU |")
     print("|---|---|---|---|---|")
